@@ -1,0 +1,6 @@
+"""`python -m dfjob`."""
+
+from dfjob.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,475 @@
+"""The `dfjob` command: parse, call one function, print text or JSON. No SQL, no business rules.
+
+Every refused request ends as one `Error: …` line on stderr and exit status 1; exit 2 is left to
+click's own parse errors; tracebacks appear only with `--debug`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, NoReturn
+
+import click
+import peewee
+
+from dfjob import __version__, clock, events, history, queue, registry
+from dfjob.config import Settings, check_queue_name, load_settings
+from dfjob.db import connect, describe_error, redact_url
+from dfjob.errors import DfjobError
+from dfjob.heartbeat import heartbeat as run_heartbeat
+from dfjob.models import ensure_schema
+from dfjob.registry import FlowSpec, flow_to_dict, get_flow, parse_config_json
+from dfjob.schedule import parse_duration
+from dfjob.signals import on_stop
+from dfjob.trigger import parse_params, parse_run_at, trigger_run
+
+_debug = False
+
+
+class App:
+    """What every command shares: settings, read once; the database, opened on first need."""
+
+    def __init__(self, config_path: str | None, database_url: str | None, log_format: str | None) -> None:
+        self._args = (config_path, database_url, log_format)
+        self._settings: Settings | None = None
+        self._open = False
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(*self._args)
+        return self._settings
+
+    def open(self) -> Settings:
+        """Settings, logging, monitoring callbacks and a database with its tables."""
+        settings = self.settings
+        if not self._open:
+            events.configure_logging(settings.log.format, settings.log.level)
+            events.load_callbacks(settings)
+            connect(settings.database.url, settings.base_dir)
+            ensure_schema()
+            self._open = True
+        return settings
+
+
+def _app() -> App:
+    app = click.get_current_context().find_object(App)
+    assert app is not None
+    return app
+
+
+def _emit(as_json: bool, value: Any, text: Callable[[], str]) -> None:
+    if as_json:
+        click.echo(json.dumps(value, ensure_ascii=False))
+    else:
+        click.echo(text())
+
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[("" if row.get(col) is None else str(row.get(col))) for col in columns] for row in rows]
+    widths = [max(len(col), *(len(line[i]) for line in cells)) for i, col in enumerate(columns)]
+    lines = ["  ".join(col.ljust(width) for col, width in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in cells]
+    return "\n".join(lines)
+
+
+def _describe_flow(flow: dict[str, Any]) -> str:
+    keys = [
+        "id", "name", "class_path", "queue", "priority", "enabled", "schedule", "max_attempts", "timeout",
+        "last_run_at", "last_run_status", "next_run_at",
+    ]  # fmt: skip
+    lines = [f"{key}: {'' if flow[key] is None else flow[key]}" for key in keys]
+    lines.append(f"configuration: {json.dumps(flow['configuration'])}")
+    return "\n".join(lines)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="PATH", help="Config file (default: $DFJOB_CONFIG, ./dfjob.toml).")
+@click.option("--database-url", metavar="URL", help="Overrides database.url and $DFJOB_DATABASE_URL.")
+@click.option("--log-format", type=click.Choice(["json", "console", "auto"]), help="Overrides log.format.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(__version__, prog_name="dfjob")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, database_url: str | None, log_format: str | None, debug: bool) -> None:
+    """dfjob: run Python data flows on a schedule and on demand, with a full run history."""
+    global _debug
+    _debug = debug
+    ctx.obj = App(config_path, database_url, log_format)
+
+
+# -- db ------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """The database."""
+
+
+@db.command("init")
+@json_option
+def db_init(as_json: bool) -> None:
+    """Create the tables (idempotent)."""
+    settings = _app().open()
+    url = redact_url(settings.database.url)
+    _emit(as_json, {"database": url, "schema": "ready"}, lambda: f"Tables ready in {url}")
+
+
+# -- flows ---------------------------------------------------------------------------------------
+
+
+@cli.group()
+def flows() -> None:
+    """Register and inspect data flows."""
+
+
+def _flow_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--queue", help="Queue its jobs go to (default: default)."),
+        click.option("--priority", type=int, help="Lower runs first (default 0)."),
+        click.option("--every", metavar="DUR", help="Run every DUR (90s, 5m, 2h, 1d)."),
+        click.option("--cron", metavar="EXPR", help="Run on a five-field cron expression (UTC)."),
+        click.option("--config-json", metavar="JSON", help="The flow's configuration, a JSON object."),
+        click.option("--max-attempts", type=int, help="Attempts per job (default: retry.max_attempts)."),
+        click.option("--timeout", metavar="DUR", help="Stop a run that takes longer than DUR."),
+        click.option("--disabled", is_flag=True, help="Switch its schedule off."),
+        json_option,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _spec(name: str | None, class_path: str | None, options: dict[str, Any], **extra: Any) -> FlowSpec:
+    config_json = options.get("config_json")
+    return FlowSpec(
+        name=name,
+        class_path=class_path,
+        queue=options.get("queue"),
+        priority=options.get("priority"),
+        every=options.get("every"),
+        cron=options.get("cron"),
+        configuration=parse_config_json(config_json) if config_json is not None else None,
+        max_attempts=options.get("max_attempts"),
+        timeout=options.get("timeout"),
+        **extra,
+    )
+
+
+@flows.command("add")
+@click.argument("name")
+@click.option("--class", "class_path", required=True, metavar="PATH", help="package.module:ClassName")
+@_flow_options
+def flows_add(name: str, class_path: str, as_json: bool, disabled: bool, **options: Any) -> None:
+    """Register a data flow; its class is imported and checked now."""
+    settings = _app().open()
+    flow = registry.add_flow(settings, _spec(name, class_path, options, enabled=not disabled))
+    data = flow_to_dict(flow)
+    _emit(as_json, data, lambda: f"Added data flow {data['id']} ({data['name']})")
+
+
+@flows.command("set")
+@click.argument("ref", metavar="ID|NAME")
+@click.option("--name", help="Rename it.")
+@click.option("--class", "class_path", metavar="PATH", help="package.module:ClassName")
+@click.option("--no-schedule", is_flag=True, help="Remove its schedule.")
+@click.option("--enabled", is_flag=True, help="Switch its schedule on.")
+@_flow_options
+def flows_set(
+    ref: str, name: str | None, class_path: str | None, no_schedule: bool, enabled: bool, disabled: bool,
+    as_json: bool, **options: Any,
+) -> None:  # fmt: skip
+    """Change a data flow."""
+    settings = _app().open()
+    if enabled and disabled:
+        raise DfjobError("give --enabled or --disabled, not both")
+    flow = get_flow(ref)
+    state = True if enabled else False if disabled else None
+    flow = registry.update_flow(settings, flow, _spec(name, class_path, options, no_schedule=no_schedule, enabled=state))
+    data = flow_to_dict(flow)
+    _emit(as_json, data, lambda: _describe_flow(data))
+
+
+@flows.command("list")
+@json_option
+def flows_list(as_json: bool) -> None:
+    """All data flows."""
+    _app().open()
+    rows = [flow_to_dict(flow) for flow in registry.DataFlow.select().order_by(registry.DataFlow.id)]
+    columns = ["id", "name", "queue", "priority", "enabled", "schedule", "last_run_status", "next_run_at", "class_path"]
+    _emit(as_json, rows, lambda: _table(rows, columns))
+
+
+@flows.command("show")
+@click.argument("ref", metavar="ID|NAME")
+@json_option
+def flows_show(ref: str, as_json: bool) -> None:
+    """One data flow."""
+    _app().open()
+    data = flow_to_dict(get_flow(ref))
+    _emit(as_json, data, lambda: _describe_flow(data))
+
+
+def _switch(ref: str, enabled: bool, as_json: bool) -> None:
+    _app().open()
+    data = flow_to_dict(registry.set_enabled(get_flow(ref), enabled))
+    _emit(as_json, data, lambda: f"Data flow {data['id']} ({data['name']}) {'enabled' if enabled else 'disabled'}")
+
+
+@flows.command("enable")
+@click.argument("ref", metavar="ID|NAME")
+@json_option
+def flows_enable(ref: str, as_json: bool) -> None:
+    """Switch a data flow's schedule on."""
+    _switch(ref, True, as_json)
+
+
+@flows.command("disable")
+@click.argument("ref", metavar="ID|NAME")
+@json_option
+def flows_disable(ref: str, as_json: bool) -> None:
+    """Switch a data flow's schedule off (trigger still works)."""
+    _switch(ref, False, as_json)
+
+
+@flows.command("remove")
+@click.argument("ref", metavar="ID|NAME")
+@json_option
+def flows_remove(ref: str, as_json: bool) -> None:
+    """Delete a data flow with its jobs and runs (refused while it has an active job)."""
+    _app().open()
+    flow = get_flow(ref)
+    data = {"id": flow.id, "name": flow.name, "removed": True}
+    registry.remove_flow(flow)
+    _emit(as_json, data, lambda: f"Removed data flow {data['id']} ({data['name']})")
+
+
+@flows.command("import")
+@click.argument("file", metavar="FILE")
+@json_option
+def flows_import(file: str, as_json: bool) -> None:
+    """Create or update data flows by name from a TOML file of [[flow]] tables (all or nothing)."""
+    settings = _app().open()
+    created, updated = registry.import_flows(settings, file)
+    data = {"created": created, "updated": updated}
+    _emit(as_json, data, lambda: f"Imported {created + updated} data flows ({created} created, {updated} updated)")
+
+
+@flows.command("export")
+@json_option
+def flows_export(as_json: bool) -> None:
+    """Print all data flows in the `flows import` format."""
+    _app().open()
+    text = registry.export_flows()
+    if as_json:
+        import tomllib
+
+        click.echo(json.dumps(tomllib.loads(text), ensure_ascii=False))
+    else:
+        click.echo(text, nl=False)
+
+
+# -- trigger -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("ref", metavar="ID|NAME")
+@click.option("--queue", "queue_name", help="Queue for this job (default: the flow's).")
+@click.option("--priority", type=int, help="Priority for this job (default: the flow's).")
+@click.option("--param", "param_pairs", multiple=True, metavar="K=V", help="A parameter (string value).")
+@click.option("--params-json", metavar="JSON", help="Parameters as a JSON object.")
+@click.option("--run-at", metavar="ISO8601", help="Run no earlier than this (UTC unless a zone is given).")
+@json_option
+def trigger(
+    ref: str, queue_name: str | None, priority: int | None, param_pairs: tuple[str, ...],
+    params_json: str | None, run_at: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Enqueue a job for a data flow now (returns at once)."""
+    settings = _app().open()
+    params = parse_params(param_pairs, params_json)
+    when = parse_run_at(run_at) if run_at is not None else None
+    flow = get_flow(ref)
+    result = trigger_run(settings, flow, queue_name=queue_name, priority=priority, params=params, run_at=when)
+    data = {
+        "job_id": result.job_id,
+        "data_flow_id": result.data_flow_id,
+        "queue": result.queue,
+        "deduplicated": result.deduplicated,
+    }
+    if result.deduplicated:
+        message = f"Data flow {flow.name} already has active job {result.job_id} (queue {result.queue})"
+    else:
+        message = f"Enqueued job {result.job_id} for data flow {flow.name} on queue {result.queue}"
+    _emit(as_json, data, lambda: message)
+
+
+# -- daemons -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--queue", "queues", multiple=True, help="A queue to serve (repeatable; default worker.queues).")
+@click.option("--concurrency", type=int, help="Jobs run at once (default worker.concurrency).")
+@click.option("--burst", is_flag=True, help="Exit 0 once no job is ready.")
+@click.option("--max-jobs", type=int, help="Exit after this many jobs.")
+def worker(queues: tuple[str, ...], concurrency: int | None, burst: bool, max_jobs: int | None) -> None:
+    """Claim and run jobs (the daemon). SIGTERM/SIGINT stop it gracefully; a second one at once."""
+    from dfjob.worker import Worker
+
+    settings = _app().open()
+    for name in queues:
+        check_queue_name(name, settings.queues.allowed)
+    if concurrency is not None and not 1 <= concurrency <= 256:
+        raise DfjobError(f"--concurrency must be between 1 and 256, not {concurrency}")
+    if max_jobs is not None and max_jobs < 1:
+        raise DfjobError(f"--max-jobs must be at least 1, not {max_jobs}")
+    daemon = Worker(settings, queues or None, concurrency, max_jobs)
+    with on_stop(lambda count: daemon.request_stop(force=count > 1)):
+        daemon.run(burst=burst)
+
+
+@cli.command()
+@json_option
+def heartbeat(as_json: bool) -> None:
+    """One pass: enqueue every enabled data flow whose schedule is due (for cron)."""
+    settings = _app().open()
+    result = run_heartbeat(settings)
+    data = {"due": result.due, "enqueued": result.enqueued, "skipped": result.skipped}
+    _emit(as_json, data, lambda: f"{result.due} due, {result.enqueued} enqueued, {result.skipped} skipped")
+
+
+@cli.command()
+@click.option("--interval", type=float, default=60.0, show_default=True, help="Seconds between heartbeats.")
+def scheduler(interval: float) -> None:
+    """Run the heartbeat every --interval seconds (the daemon); prunes history daily."""
+    from dfjob.scheduler import Scheduler
+
+    settings = _app().open()
+    if not 0.1 <= interval <= 86400:
+        raise DfjobError(f"--interval must be between 0.1 and 86400 seconds, not {interval:g}")
+    daemon = Scheduler(settings, interval)
+    with on_stop(lambda count: daemon.request_stop()):
+        daemon.run()
+
+
+# -- history -------------------------------------------------------------------------------------
+
+
+def _flow_id(ref: str | None) -> int | None:
+    return None if ref is None else int(get_flow(ref).id)
+
+
+@cli.command()
+@click.option("--flow", "flow_ref", metavar="ID|NAME", help="Only this data flow's runs.")
+@click.option("--status", help="pending, in_progress, success or failed.")
+@click.option("--limit", type=int, default=50, show_default=True)
+@json_option
+def runs(flow_ref: str | None, status: str | None, limit: int, as_json: bool) -> None:
+    """Run history, newest first."""
+    _app().open()
+    rows = history.list_runs(_flow_id(flow_ref), status, limit)
+    columns = ["id", "data_flow_name", "job_id", "attempt", "status", "started_at", "duration_ms", "error_message"]
+    _emit(as_json, rows, lambda: _table(rows, columns))
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--queue", "queue_name", help="Only this queue.")
+@click.option("--status", help="queued, running, succeeded, failed or cancelled.")
+@click.option("--flow", "flow_ref", metavar="ID|NAME", help="Only this data flow's jobs.")
+@click.option("--limit", type=int, default=50, show_default=True)
+@json_option
+@click.pass_context
+def jobs(ctx: click.Context, queue_name: str | None, status: str | None, flow_ref: str | None, limit: int, as_json: bool) -> None:
+    """The job table, newest first; `jobs cancel ID`, `jobs retry ID`."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj.json = as_json
+        return
+    _app().open()
+    if queue_name is not None:
+        check_queue_name(queue_name, ())
+    rows = history.list_jobs(queue_name, status, _flow_id(flow_ref), limit)
+    columns = ["id", "data_flow_name", "queue", "priority", "status", "attempts", "max_attempts", "run_at", "last_error"]
+    _emit(as_json, rows, lambda: _table(rows, columns))
+
+
+def _job_id(text: str) -> int:
+    if not text.isdigit():
+        raise DfjobError(f"a job id is a number, not {text!r}")
+    return int(text)
+
+
+@jobs.command("cancel")
+@click.argument("job_id", metavar="ID")
+@json_option
+@click.pass_context
+def jobs_cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Cancel a queued job."""
+    _app().open()
+    number = _job_id(job_id)
+    queue.cancel_job(number, clock.now())
+    data = history.get_job(number)
+    _emit(as_json or getattr(ctx.obj, "json", False), data, lambda: f"Cancelled job {number}")
+
+
+@jobs.command("retry")
+@click.argument("job_id", metavar="ID")
+@json_option
+@click.pass_context
+def jobs_retry(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Re-queue a failed or cancelled job to run now, with fresh attempts."""
+    _app().open()
+    number = _job_id(job_id)
+    queue.retry_job(number, clock.now())
+    data = history.get_job(number)
+    _emit(as_json or getattr(ctx.obj, "json", False), data, lambda: f"Re-queued job {number}")
+
+
+@cli.command()
+@click.option("--older-than", metavar="DUR", help="Default: retention.finished_jobs.")
+@json_option
+def prune(older_than: str | None, as_json: bool) -> None:
+    """Delete finished jobs and their runs older than DUR."""
+    settings = _app().open()
+    seconds = parse_duration(older_than or settings.retention.finished_jobs)
+    jobs_deleted, runs_deleted = queue.prune(clock.now() - timedelta(seconds=seconds))
+    data = {"jobs": jobs_deleted, "runs": runs_deleted}
+    _emit(as_json, data, lambda: f"Deleted {jobs_deleted} jobs and {runs_deleted} runs")
+
+
+# -- entry point ---------------------------------------------------------------------------------
+
+
+def _fail(message: str) -> NoReturn:
+    if _debug:
+        traceback.print_exc()
+    click.echo(f"Error: {' '.join(message.split())}", err=True)
+    sys.exit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command line; every failure is one `Error: …` line and exit status 1."""
+    try:
+        result = cli.main(args=list(argv) if argv is not None else None, prog_name="dfjob", standalone_mode=False)
+    except click.exceptions.Abort:
+        _fail("aborted")
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except DfjobError as exc:
+        _fail(str(exc))
+    except peewee.DatabaseError as exc:
+        _fail(f"database error: {describe_error(exc)}")
+    except KeyboardInterrupt:
+        _fail("interrupted")
+    except Exception as exc:
+        _fail(f"{type(exc).__name__}: {describe_error(exc)}")
+    sys.exit(result if isinstance(result, int) else 0)
+
+

@@ -1,0 +1,263 @@
+"""Settings: frozen dataclasses read from TOML, the environment and command-line flags.
+
+Lookup order for the file: `--config PATH`, `$DFJOB_CONFIG`, `./dfjob.toml`; none means defaults.
+`$DFJOB_DATABASE_URL` and `--database-url` override `database.url`. Relative paths in a file are
+relative to that file's folder, so cron, systemd and a shell reach the same database.
+Every check of user-given names (queues, data flows, modules) lives here too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from dfjob.errors import DfjobError
+from dfjob.schedule import parse_duration
+
+QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,63}")
+FLOW_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,127}")
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite:///dfjob.db"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    queues: tuple[str, ...] = ("default",)
+    concurrency: int = 1
+    poll_interval: float = 1.0
+    notify: bool = True
+    lease_seconds: float = 60.0
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    max_attempts: int = 3
+    backoff_initial: float = 10.0
+    backoff_max: float = 3600.0
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    finished_jobs: str = "30d"
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    allowed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    paths: tuple[str, ...] = ()
+    allowed_modules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    callbacks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: str = "auto"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    queues: QueueSettings = field(default_factory=QueueSettings)
+    flows: FlowSettings = field(default_factory=FlowSettings)
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    # The folder relative paths are resolved against: the config file's, else the working directory.
+    base_dir: str = "."
+
+
+def load_settings(
+    config_path: str | None = None,
+    database_url: str | None = None,
+    log_format: str | None = None,
+) -> Settings:
+    """Build Settings from the first config file found, then the environment, then flags."""
+    path = _find_config_file(config_path)
+    settings = Settings(base_dir=os.getcwd())
+    if path is not None:
+        settings = _read_file(path)
+    url = database_url or os.environ.get("DFJOB_DATABASE_URL")
+    if url:
+        settings = replace(settings, database=DatabaseSettings(url=url))
+    if log_format:
+        _check_choice("--log-format", log_format, LOG_FORMATS)
+        settings = replace(settings, log=replace(settings.log, format=log_format))
+    return settings
+
+
+def _find_config_file(config_path: str | None) -> Path | None:
+    if config_path:
+        path = Path(config_path)
+        if not path.is_file():
+            raise DfjobError(f"config file not found: {config_path}")
+        return path
+    from_env = os.environ.get("DFJOB_CONFIG")
+    if from_env:
+        path = Path(from_env)
+        if not path.is_file():
+            raise DfjobError(f"config file not found: {from_env} (from $DFJOB_CONFIG)")
+        return path
+    local = Path("dfjob.toml")
+    return local if local.is_file() else None
+
+
+def _read_file(path: Path) -> Settings:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DfjobError(f"{path}: cannot read config file: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise DfjobError(f"{path}: invalid TOML: {exc}") from None
+    sections: dict[str, Any] = {}
+    defaults = Settings()
+    for name, value in data.items():
+        section_type = _section_types().get(name)
+        if section_type is None:
+            raise DfjobError(f"{path}: unknown section [{name}]")
+        if not isinstance(value, dict):
+            raise DfjobError(f"{path}: [{name}] must be a table")
+        sections[name] = _build_section(path, name, section_type, getattr(defaults, name), value)
+    settings = Settings(base_dir=str(path.resolve().parent), **sections)
+    validate(settings, str(path))
+    return settings
+
+
+def _section_types() -> dict[str, type]:
+    return {f.name: type(getattr(Settings(), f.name)) for f in fields(Settings) if f.name != "base_dir"}
+
+
+def _build_section(path: Path, name: str, section_type: type, default: Any, values: dict[str, Any]) -> Any:
+    known = {f.name: f for f in fields(section_type)}
+    given: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise DfjobError(f"{path}: unknown key {name}.{key}")
+        given[key] = _coerce(path, f"{name}.{key}", getattr(default, key), value)
+    return replace(default, **given)
+
+
+def _coerce(path: Path, key: str, default: Any, value: Any) -> Any:
+    """Check a value against the type of its default; ints are welcome where floats are."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise DfjobError(f"{path}: {key} must be true or false")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise DfjobError(f"{path}: {key} must be a whole number")
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise DfjobError(f"{path}: {key} must be a number")
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        raise DfjobError(f"{path}: {key} must be a string")
+    if isinstance(default, tuple):
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        raise DfjobError(f"{path}: {key} must be a list of strings")
+    raise AssertionError(f"no coercion for {key}")
+
+
+def validate(settings: Settings, source: str) -> None:
+    """Refuse values that parse but make no sense, naming where they came from."""
+    worker, retry = settings.worker, settings.retry
+    if not worker.queues:
+        raise DfjobError(f"{source}: worker.queues must name at least one queue")
+    for queue in worker.queues:
+        check_queue_name(queue, settings.queues.allowed, f"{source}: worker.queues")
+    for queue in settings.queues.allowed:
+        check_queue_name(queue, (), f"{source}: queues.allowed")
+    _check_range(source, "worker.concurrency", worker.concurrency, 1, 256)
+    _check_range(source, "worker.poll_interval", worker.poll_interval, 0.01, 3600)
+    _check_range(source, "worker.lease_seconds", worker.lease_seconds, 1, 86400)
+    _check_range(source, "worker.shutdown_grace", worker.shutdown_grace, 0, 86400)
+    _check_range(source, "retry.max_attempts", retry.max_attempts, 1, 1000)
+    _check_range(source, "retry.backoff_initial", retry.backoff_initial, 0, 86400 * 30)
+    _check_range(source, "retry.backoff_max", retry.backoff_max, 0, 86400 * 30)
+    try:
+        parse_duration(settings.retention.finished_jobs)
+    except DfjobError as exc:
+        raise DfjobError(f"{source}: retention.finished_jobs: {exc}") from None
+    for module in settings.flows.allowed_modules:
+        if not MODULE_NAME.fullmatch(module):
+            raise DfjobError(f"{source}: flows.allowed_modules: {module!r} is not a module name")
+    for callback in settings.monitoring.callbacks:
+        check_callable_path(callback, f"{source}: monitoring.callbacks")
+    _check_choice(f"{source}: log.format", settings.log.format, LOG_FORMATS)
+    _check_choice(f"{source}: log.level", settings.log.level, LOG_LEVELS)
+    scheme = settings.database.url.split(":", 1)[0]
+    if scheme not in ("sqlite", "postgresql", "postgres"):
+        raise DfjobError(f"{source}: database.url: unknown scheme {scheme!r} (use sqlite or postgresql)")
+
+
+def _check_range(source: str, key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise DfjobError(f"{source}: {key} must be between {low:g} and {high:g}, not {value:g}")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise DfjobError(f"{key} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def check_queue_name(name: str, allowed: tuple[str, ...], where: str = "queue") -> str:
+    """Return the queue name, or refuse it: bad format, or not in `queues.allowed`."""
+    if not QUEUE_NAME.fullmatch(name):
+        raise DfjobError(
+            f"{where}: invalid queue name {name!r} (1-64 of a-z 0-9 _ - ., starting with a letter or digit)"
+        )
+    if allowed and name not in allowed:
+        raise DfjobError(f"{where}: queue {name!r} is not in queues.allowed ({', '.join(allowed)})")
+    return name
+
+
+def check_flow_name(name: str) -> str:
+    """Return the data flow name, or refuse it."""
+    if not FLOW_NAME.fullmatch(name):
+        raise DfjobError(
+            f"invalid data flow name {name!r} (1-128 of A-Z a-z 0-9 _ - ., starting with a letter)"
+        )
+    return name
+
+
+def check_callable_path(path: str, where: str = "class path") -> tuple[str, str]:
+    """Split `package.module:Name` into its module and attribute, or refuse it."""
+    module, sep, attr = path.partition(":")
+    if not sep or not MODULE_NAME.fullmatch(module) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", attr):
+        raise DfjobError(f"{where}: {path!r} is not of the form package.module:Name")
+    return module, attr
+
+
+def module_allowed(module: str, allowed: tuple[str, ...]) -> bool:
+    """True when `module` is one of `allowed` or inside one, on dotted-name boundaries."""
+    return not allowed or any(module == root or module.startswith(root + ".") for root in allowed)
+
+
+def resolve_path(settings: Settings, path: str) -> str:
+    """A path from the config, made absolute against the config file's folder."""
+    return str(Path(settings.base_dir, path).resolve()) if not os.path.isabs(path) else path

@@ -1,0 +1,134 @@
+"""Database URLs to peewee databases, behind one proxy the models are bound to.
+
+SQLite gets WAL, a busy timeout, foreign keys and `BEGIN IMMEDIATE` for every transaction (one
+writer at a time, and no lock upgrades that fail halfway). Postgres goes through psycopg 3 with a
+short connect timeout, so an unreachable server is a clear error within seconds.
+A URL's password is never printed: `redact_url` and `scrub` are used wherever a URL or a driver
+message could reach output or logs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import peewee
+
+from dfjob.errors import DatabaseUnavailable, DfjobError
+
+database_proxy = peewee.DatabaseProxy()
+
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "synchronous": "full",
+    "foreign_keys": 1,
+    "busy_timeout": 30000,
+}
+CONNECT_TIMEOUT_SECONDS = 5
+
+_password: str | None = None
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def scrub(text: str) -> str:
+    """Remove the current database password from a message, wherever a driver put it."""
+    if _password:
+        text = text.replace(_password, "***")
+    return text
+
+
+def make_database(url: str, base_dir: str) -> peewee.Database:
+    """Build (not connect) the database a URL names; relative SQLite paths use `base_dir`."""
+    global _password
+    scheme = url.split(":", 1)[0]
+    if scheme == "sqlite":
+        path = sqlite_path(url, base_dir)
+        return peewee.SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=30, lock_type="IMMEDIATE")
+    if scheme in ("postgresql", "postgres"):
+        parts = urlsplit(url)
+        _password = unquote(parts.password) if parts.password else None
+        conninfo = "postgresql://" + url.split("://", 1)[1]
+        return peewee.PostgresqlDatabase(
+            conninfo, prefer_psycopg3=True, connect_timeout=CONNECT_TIMEOUT_SECONDS, autoconnect=True
+        )
+    raise DfjobError(f"database.url: unknown scheme {scheme!r} in {redact_url(url)} (use sqlite or postgresql)")
+
+
+def sqlite_path(url: str, base_dir: str) -> str:
+    """`sqlite:///rel.db` is relative to `base_dir`; `sqlite:////abs.db` is absolute."""
+    if not url.startswith("sqlite:///"):
+        raise DfjobError(f"database.url: {url!r} is not of the form sqlite:///path.db")
+    path = url[len("sqlite:///") :]
+    if not path:
+        raise DfjobError("database.url: the SQLite URL names no file")
+    if path == ":memory:" or os.path.isabs(path):
+        return path
+    return os.path.join(base_dir, path)
+
+
+def is_postgres(database: peewee.Database | None = None) -> bool:
+    db = database or database_proxy.obj
+    return isinstance(db, peewee.PostgresqlDatabase)
+
+
+def connect(url: str, base_dir: str) -> peewee.Database:
+    """Bind the proxy to the URL's database and open a connection, or fail with one clear line."""
+    database = make_database(url, base_dir)
+    database_proxy.initialize(database)
+    try:
+        database.connect(reuse_if_open=True)
+    except (peewee.OperationalError, peewee.InterfaceError) as exc:
+        raise DatabaseUnavailable(f"cannot connect to {redact_url(url)}: {describe_error(exc)}") from None
+    return database
+
+
+def describe_error(exc: BaseException) -> str:
+    """A driver error as one scrubbed line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return scrub(text)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True for errors that mean the server went away, not that a statement was wrong."""
+    if isinstance(exc, peewee.InterfaceError):
+        return True
+    if isinstance(exc, peewee.OperationalError):
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:  # SQLite contention: a retry, not an outage
+            return True
+        markers = ("connection", "server closed", "terminating", "could not connect", "shutting down", "the database system")
+        return any(marker in text for marker in markers)
+    return False
+
+
+def reset_connection() -> None:
+    """Drop a broken connection so the next statement opens a fresh one."""
+    database = database_proxy.obj
+    if database is None:
+        return
+    try:
+        database.close()
+    except Exception:  # the socket is already gone; closing is best effort
+        conn = database._state.conn
+        database._state.reset()
+        del conn
+
+
+@contextmanager
+def write_transaction() -> Iterator[None]:
+    """One short write transaction (`BEGIN IMMEDIATE` on SQLite)."""
+    with database_proxy.obj.atomic():
+        yield

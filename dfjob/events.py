@@ -1,0 +1,87 @@
+"""Lifecycle events: one structlog event each, also handed to every monitoring callback.
+
+Event names are constants here; `emit` is the one function every module may call. A callback
+that raises is logged and never affects the job.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from dfjob.config import Settings, check_callable_path
+from dfjob.errors import DfjobError
+
+JOB_ENQUEUED = "job.enqueued"
+JOB_STARTED = "job.started"
+JOB_FINISHED = "job.finished"
+JOB_RESCUED = "job.rescued"
+HEARTBEAT_FINISHED = "heartbeat.finished"
+WORKER_STARTED = "worker.started"
+WORKER_STOPPED = "worker.stopped"
+DB_UNAVAILABLE = "db.unavailable"
+CALLBACK_FAILED = "monitoring.callback_failed"
+
+Callback = Callable[[str, dict[str, Any]], Any]
+
+_callbacks: list[tuple[str, Callback]] = []
+log = structlog.get_logger("dfjob")
+
+
+def resolved_format(log_format: str) -> str:
+    """`auto` is console on a terminal, JSON otherwise."""
+    if log_format == "auto":
+        return "console" if sys.stderr.isatty() else "json"
+    return log_format
+
+
+def configure_logging(log_format: str, level: str) -> None:
+    """Set up structlog once: JSON lines or console output, on stderr."""
+    log_format = resolved_format(log_format)
+    renderer: Any
+    if log_format == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def load_callbacks(settings: Settings) -> None:
+    """Import every `monitoring.callbacks` entry now, so a typo fails at start, not mid-job."""
+    loaded: list[tuple[str, Callback]] = []
+    for path in settings.monitoring.callbacks:
+        module_name, attr = check_callable_path(path, "monitoring.callbacks")
+        try:
+            function = getattr(importlib.import_module(module_name), attr)
+        except Exception as exc:  # any error importing user code is a refusal
+            raise DfjobError(f"monitoring.callbacks: cannot load {path!r}: {type(exc).__name__}: {exc}") from None
+        if not callable(function):
+            raise DfjobError(f"monitoring.callbacks: {path!r} is not callable")
+        loaded.append((path, function))
+    _callbacks[:] = loaded
+
+
+def emit(event: str, **payload: Any) -> None:
+    """Log one lifecycle event and pass it to every monitoring callback."""
+    log.info(event, **payload)
+    for path, callback in _callbacks:
+        try:
+            callback(event, dict(payload))
+        except Exception as exc:  # a monitoring failure must never touch the job
+            log.warning(CALLBACK_FAILED, callback=path, failed_event=event, error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,72 @@
+"""The Flow base class users subclass, Discard, and class-path resolution.
+
+A class path is `package.module:ClassName`. The module allow-list (`flows.allowed_modules`) is
+checked on the dotted name *before* anything is imported, so a refused path never runs any code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import structlog
+
+from dfjob.config import check_callable_path, module_allowed
+from dfjob.errors import DfjobError
+
+
+class Discard(Exception):
+    """Raise inside `run()` to fail the run and its job at once, with no retry."""
+
+
+class Flow:
+    """A data flow's code: subclass it and implement `run()`.
+
+    `config` is the data flow's configuration, `params` the trigger's parameters, and `log` a
+    structlog logger bound with data_flow_id, data_flow_name, job_id and run_id.
+    """
+
+    def __init__(self, config: dict[str, Any], params: dict[str, Any], log: Any) -> None:
+        self.config = config
+        self.params = params
+        self.log = log
+
+    def run(self) -> dict[str, Any] | None:
+        """Do the work; return an optional JSON-serialisable dict, stored as the run's `result`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement run()")
+
+
+class ClassPathRefused(DfjobError):
+    """A class path that must never be retried: refused by the allow-list or not a Flow."""
+
+
+def add_import_paths(paths: tuple[str, ...]) -> None:
+    """Put `flows.paths` (already absolute) at the front of the import path, once each."""
+    for path in reversed(paths):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+def load_flow_class(class_path: str, allowed_modules: tuple[str, ...]) -> type[Flow]:
+    """Import and return the Flow subclass a class path names, or raise DfjobError."""
+    module_name, attr = check_callable_path(class_path)
+    if not module_allowed(module_name, allowed_modules):
+        raise ClassPathRefused(
+            f"class path {class_path!r}: module {module_name!r} is not in flows.allowed_modules"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time error of user code is a refusal, not a crash
+        raise DfjobError(f"class path {class_path!r}: cannot import {module_name}: {type(exc).__name__}: {exc}") from None
+    candidate = getattr(module, attr, None)
+    if candidate is None:
+        raise DfjobError(f"class path {class_path!r}: module {module_name} has no attribute {attr}")
+    if not (isinstance(candidate, type) and issubclass(candidate, Flow)) or candidate is Flow:
+        raise ClassPathRefused(f"class path {class_path!r}: {attr} is not a subclass of dfjob.Flow")
+    return candidate
+
+
+def bound_logger(**context: Any) -> Any:
+    """A structlog logger for user code, bound with the run's identifiers."""
+    return structlog.get_logger("dfjob.flow").bind(**context)

@@ -1,0 +1,177 @@
+"""The three tables: data_flows, jobs, data_flow_runs, their indexes, and schema creation.
+
+Times are stored as naive UTC in a fixed-width text form on SQLite (so text order is time order)
+and as TIMESTAMP on Postgres; both read back as aware UTC datetimes. JSON is stored as text on
+both, so the job-table SQL in `queue.py` is the same statement on either database.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import peewee
+
+from dfjob.db import database_proxy, is_postgres
+
+SCHEMA_VERSION = 1
+# Postgres advisory lock key for schema creation: many processes may start on an empty database.
+SCHEMA_LOCK_KEY = 4242_0001
+
+
+def to_db_time(value: datetime | None) -> str | None:
+    """The stored form of a time: naive UTC, always with microseconds."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def from_db_time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class UTCDateTimeField(peewee.Field):
+    field_type = "DATETIME"
+
+    def db_value(self, value: Any) -> Any:
+        return to_db_time(value)
+
+    def python_value(self, value: Any) -> Any:
+        return from_db_time(value)
+
+
+class JSONTextField(peewee.TextField):
+    def db_value(self, value: Any) -> Any:
+        return None if value is None else json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+    def python_value(self, value: Any) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+class DataFlow(BaseModel):
+    name = peewee.CharField(max_length=128, unique=True)
+    class_path = peewee.CharField(max_length=512)
+    queue = peewee.CharField(max_length=64, default="default")
+    priority = peewee.IntegerField(default=0)
+    enabled = peewee.BooleanField(default=True)
+    every_seconds = peewee.IntegerField(null=True)
+    cron = peewee.CharField(max_length=128, null=True)
+    configuration = JSONTextField(default=dict)
+    max_attempts = peewee.IntegerField(null=True)
+    timeout_seconds = peewee.IntegerField(null=True)
+    last_run_at = UTCDateTimeField(null=True)
+    last_run_status = peewee.CharField(max_length=16, null=True)
+    next_run_at = UTCDateTimeField(null=True)
+    created_at = UTCDateTimeField()
+    updated_at = UTCDateTimeField()
+
+    class Meta:
+        table_name = "data_flows"
+
+
+class Job(BaseModel):
+    id = peewee.BigAutoField()
+    data_flow = peewee.ForeignKeyField(DataFlow, backref="jobs", on_delete="CASCADE", index=False)
+    queue = peewee.CharField(max_length=64)
+    priority = peewee.IntegerField(default=0)
+    status = peewee.CharField(max_length=16, default="queued")
+    attempts = peewee.IntegerField(default=0)
+    max_attempts = peewee.IntegerField()
+    rescues = peewee.IntegerField(default=0)
+    run_at = UTCDateTimeField()
+    params = JSONTextField(default=dict)
+    last_error = peewee.TextField(null=True)
+    locked_by = peewee.CharField(max_length=255, null=True)
+    lease_token = peewee.CharField(max_length=64, null=True)
+    lease_expires_at = UTCDateTimeField(null=True)
+    created_at = UTCDateTimeField()
+    finished_at = UTCDateTimeField(null=True)
+
+    class Meta:
+        table_name = "jobs"
+
+
+class DataFlowRun(BaseModel):
+    id = peewee.BigAutoField()
+    data_flow = peewee.ForeignKeyField(DataFlow, backref="runs", on_delete="CASCADE", index=False)
+    job = peewee.ForeignKeyField(Job, backref="runs", on_delete="CASCADE", index=False)
+    attempt = peewee.IntegerField()
+    status = peewee.CharField(max_length=16, default="pending")
+    queue = peewee.CharField(max_length=64)
+    worker = peewee.CharField(max_length=255, null=True)
+    created_at = UTCDateTimeField()
+    started_at = UTCDateTimeField(null=True)
+    ended_at = UTCDateTimeField(null=True)
+    duration_ms = peewee.IntegerField(null=True)
+    error_message = peewee.TextField(null=True)
+    error_backtrace = peewee.TextField(null=True)
+    result = JSONTextField(null=True)
+
+    class Meta:
+        table_name = "data_flow_runs"
+
+
+class SchemaVersion(BaseModel):
+    version = peewee.IntegerField()
+
+    class Meta:
+        table_name = "dfjob_schema"
+
+
+MODELS: list[type[BaseModel]] = [DataFlow, Job, DataFlowRun, SchemaVersion]
+
+# Written by hand because they are partial: peewee's DDL helpers do not cover every case on both.
+INDEXES = [
+    # The claim reads only queued rows, in claim order: its cost does not grow with history.
+    "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (queue, priority, run_at, id) WHERE status = 'queued'",
+    # One queued-or-running job per data flow is a database fact, not a check-then-insert race.
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_active_per_flow ON jobs (data_flow_id)"
+    " WHERE status IN ('queued', 'running')",
+    # Rescue looks only at running jobs whose lease ran out.
+    "CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (lease_expires_at) WHERE status = 'running'",
+    "CREATE INDEX IF NOT EXISTS jobs_flow ON jobs (data_flow_id, id)",
+    "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS runs_job ON data_flow_runs (job_id, attempt)",
+    "CREATE INDEX IF NOT EXISTS runs_flow ON data_flow_runs (data_flow_id, id)",
+    "CREATE INDEX IF NOT EXISTS flows_due ON data_flows (next_run_at) WHERE enabled",
+]
+
+
+def schema_is_current() -> bool:
+    database = database_proxy.obj
+    if not database.table_exists(SchemaVersion._meta.table_name):
+        return False
+    row = SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar()
+    return row is not None and int(row) >= SCHEMA_VERSION
+
+
+def ensure_schema() -> None:
+    """Create missing tables and indexes; safe when several processes start at once."""
+    if schema_is_current():
+        return
+    database = database_proxy.obj
+    with database.atomic():
+        if is_postgres(database):
+            # Held until commit: a second process waits, then finds the schema current.
+            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+        if database.table_exists(SchemaVersion._meta.table_name) and schema_is_current():
+            return
+        database.create_tables(MODELS, safe=True)
+        for statement in INDEXES:
+            database.execute_sql(statement)
+        SchemaVersion.delete().execute()
+        SchemaVersion.create(version=SCHEMA_VERSION)

@@ -1,0 +1,495 @@
+"""All job-table SQL, one function per state change, each one short transaction.
+
+The contract of every change:
+- `enqueue`: a new `queued` job unless the data flow already has a queued or running one; the
+  partial unique index decides (INSERT … ON CONFLICT DO NOTHING), never a check-then-insert.
+- `claim`: `queued` jobs that are due, in (priority, run_at, id) order, become `running` under a
+  fresh lease token; each claim counts an attempt and creates that attempt's `pending` run.
+- `mark_started`: those runs go `in_progress`, just before the flow's `run()`.
+- `renew_leases`: pushes `lease_expires_at` forward for jobs this worker still holds.
+- `finish`: writes a run's outcome and moves its job to `succeeded`, back to `queued` (retry) or
+  `failed`. Every write is fenced by the lease token: a worker whose lease was taken back changes
+  nothing.
+- `rescue_expired`: takes back `running` jobs whose lease ran out; their open run ends `failed`
+  ("worker lost") and the job follows the normal attempt rules, counting a rescue.
+- `cancel`, `retry`, `prune`: the operator's changes.
+On Postgres the claim uses `FOR UPDATE SKIP LOCKED`; on SQLite every write transaction is
+`BEGIN IMMEDIATE` (one writer), so the same UPDATE … RETURNING needs no row locks.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import peewee
+
+from dfjob.config import RetrySettings
+from dfjob.db import database_proxy, is_postgres, write_transaction
+from dfjob.errors import DfjobError
+from dfjob.models import from_db_time, to_db_time
+
+ACTIVE = ("queued", "running")
+FINISHED = ("succeeded", "failed", "cancelled")
+NOTIFY_CHANNEL = "dfjob_jobs"
+ERROR_MESSAGE_LIMIT = 4000
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    job_id: int
+    data_flow_id: int
+    queue: str
+    deduplicated: bool
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """One claimed job with everything needed to run its attempt."""
+
+    job_id: int
+    run_id: int
+    data_flow_id: int
+    data_flow_name: str
+    class_path: str
+    configuration: dict[str, Any]
+    params: dict[str, Any]
+    queue: str
+    attempt: int
+    max_attempts: int
+    timeout_seconds: int | None
+    lease_token: str
+    worker: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended. `retry` is `normal`, `never` (Discard) or `now` (interrupted)."""
+
+    job: Claimed
+    status: str
+    started_at: datetime
+    ended_at: datetime
+    result: dict[str, Any] | None = None
+    error_message: str | None = None
+    error_backtrace: str | None = None
+    retry: str = "normal"
+
+
+@dataclass(frozen=True)
+class Finished:
+    outcome: Outcome
+    job_status: str
+    will_retry: bool
+    duration_ms: int
+    # The lease had been taken back: nothing was written.
+    stale: bool = False
+
+
+@dataclass(frozen=True)
+class Rescued:
+    job_id: int
+    run_id: int | None
+    data_flow_id: int
+    data_flow_name: str
+    lost_worker: str
+    job_status: str
+    will_retry: bool
+
+
+def worker_name() -> str:
+    """A name unique to this process: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@functools.lru_cache(maxsize=256)
+def _dialect(sql: str, postgres: bool) -> str:
+    return sql.replace("?", "%s") if postgres else sql
+
+
+def _execute(sql: str, params: Sequence[Any] = ()) -> Any:
+    database = database_proxy.obj
+    return database.execute_sql(_dialect(sql, is_postgres(database)), params)
+
+
+def _marks(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _error_line(message: str) -> str:
+    return message if len(message) <= ERROR_MESSAGE_LIMIT else message[: ERROR_MESSAGE_LIMIT - 1] + "…"
+
+
+def retry_delay(attempts: int, retry: RetrySettings) -> float:
+    """Seconds before the next attempt: initial × 2^(attempts−1), capped, with ±10% jitter."""
+    if retry.backoff_initial <= 0:
+        return 0.0
+    base = retry.backoff_initial * 2 ** min(attempts - 1, 40)
+    return min(base * random.uniform(0.9, 1.1), retry.backoff_max)
+
+
+def notify(queue: str) -> None:
+    """Postgres: wake idle workers of a queue once the enclosing transaction commits."""
+    if is_postgres():
+        _execute("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, queue))
+
+
+def enqueue(
+    data_flow_id: int,
+    *,
+    queue: str,
+    priority: int,
+    params: dict[str, Any],
+    run_at: datetime,
+    max_attempts: int,
+    now: datetime,
+) -> Enqueued:
+    """A new queued job for the data flow, or its active one (`deduplicated`)."""
+    for _ in range(10):
+        with write_transaction():
+            rows = _execute(
+                "INSERT INTO jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues,"
+                " run_at, params, created_at) VALUES (?, ?, ?, 'queued', 0, ?, 0, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING RETURNING id",
+                (data_flow_id, queue, priority, max_attempts, to_db_time(run_at), _json(params), to_db_time(now)),
+            ).fetchall()
+            if rows:
+                _execute(
+                    "UPDATE data_flows SET last_run_at = ?, last_run_status = 'in_progress' WHERE id = ?",
+                    (to_db_time(now), data_flow_id),
+                )
+                notify(queue)
+                return Enqueued(rows[0][0], data_flow_id, queue, deduplicated=False)
+            active = _execute(
+                "SELECT id, queue FROM jobs WHERE data_flow_id = ? AND status IN ('queued', 'running')",
+                (data_flow_id,),
+            ).fetchone()
+            if active:
+                return Enqueued(active[0], data_flow_id, active[1], deduplicated=True)
+        # The active job finished between our INSERT and SELECT: try again.
+    raise DfjobError(f"could not enqueue data flow {data_flow_id}: its active job keeps changing")
+
+
+def enqueue_many(flows: Sequence[tuple[int, str, int, int]], now: datetime) -> dict[int, int]:
+    """Enqueue one job for each (data_flow_id, queue, priority, max_attempts) in one statement.
+
+    Flows that already have an active job are left alone. Must run inside the caller's write
+    transaction. Returns {data_flow_id: job_id} for the jobs created.
+    """
+    if not flows:
+        return {}
+    created: dict[int, int] = {}
+    stamp = to_db_time(now)
+    for start in range(0, len(flows), 500):
+        chunk = flows[start : start + 500]
+        values = ", ".join("(?, ?, ?, 'queued', 0, ?, 0, ?, '{}', ?)" for _ in chunk)
+        params: list[Any] = []
+        for flow_id, queue, priority, max_attempts in chunk:
+            params += [flow_id, queue, priority, max_attempts, stamp, stamp]
+        rows = _execute(
+            "INSERT INTO jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues,"
+            f" run_at, params, created_at) VALUES {values} ON CONFLICT DO NOTHING RETURNING data_flow_id, id",
+            params,
+        ).fetchall()
+        created.update({row[0]: row[1] for row in rows})
+    if created:
+        ids = list(created)
+        for start in range(0, len(ids), 500):
+            chunk_ids = ids[start : start + 500]
+            _execute(
+                "UPDATE data_flows SET last_run_at = ?, last_run_status = 'in_progress'"
+                f" WHERE id IN ({_marks(len(chunk_ids))})",
+                [stamp, *chunk_ids],
+            )
+        for queue in {queue for flow_id, queue, _, _ in flows if flow_id in created}:
+            notify(queue)
+    return created
+
+
+def claim(
+    worker: str, queues: Sequence[str], limit: int, now: datetime, lease_seconds: float
+) -> list[Claimed]:
+    """Claim up to `limit` due jobs from `queues`, creating each attempt's pending run."""
+    token = uuid.uuid4().hex
+    stamp = to_db_time(now)
+    expires = to_db_time(now + timedelta(seconds=lease_seconds))
+    pick = (
+        f"SELECT id FROM jobs WHERE status = 'queued' AND queue IN ({_marks(len(queues))}) AND run_at <= ?"
+        " ORDER BY priority, run_at, id LIMIT ?"
+    )
+    setter = (
+        "SET status = 'running', attempts = attempts + 1, locked_by = ?, lease_token = ?, lease_expires_at = ?"
+    )
+    returning = "RETURNING jobs.id, jobs.data_flow_id, jobs.queue, jobs.attempts, jobs.max_attempts, jobs.params"
+    if is_postgres():
+        # MATERIALIZED: the locking subquery runs exactly once.
+        sql = f"WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) UPDATE jobs {setter} FROM picked" \
+              f" WHERE jobs.id = picked.id {returning}"
+        params = [*queues, stamp, limit, worker, token, expires]
+    else:
+        sql = f"UPDATE jobs {setter} WHERE id IN ({pick}) {returning}"
+        params = [worker, token, expires, *queues, stamp, limit]
+    with write_transaction():
+        jobs = _execute(sql, params).fetchall()
+        if not jobs:
+            return []
+        flow_ids = sorted({row[1] for row in jobs})
+        flows = {
+            row[0]: row
+            for row in _execute(
+                "SELECT id, name, class_path, configuration, timeout_seconds FROM data_flows"
+                f" WHERE id IN ({_marks(len(flow_ids))})",
+                flow_ids,
+            ).fetchall()
+        }
+        values = ", ".join("(?, ?, ?, 'pending', ?, ?, ?)" for _ in jobs)
+        run_params: list[Any] = []
+        for job_id, flow_id, queue, attempts, _, _ in jobs:
+            run_params += [flow_id, job_id, attempts, queue, worker, stamp]
+        runs = _execute(
+            "INSERT INTO data_flow_runs (data_flow_id, job_id, attempt, status, queue, worker, created_at)"
+            f" VALUES {values} RETURNING job_id, id",
+            run_params,
+        ).fetchall()
+    run_ids = {row[0]: row[1] for row in runs}
+    claimed = []
+    for job_id, flow_id, queue, attempts, max_attempts, params_text in sorted(jobs, key=lambda row: row[0]):
+        flow = flows[flow_id]
+        claimed.append(
+            Claimed(
+                job_id=job_id,
+                run_id=run_ids[job_id],
+                data_flow_id=flow_id,
+                data_flow_name=flow[1],
+                class_path=flow[2],
+                configuration=json.loads(flow[3]),
+                params=json.loads(params_text),
+                queue=queue,
+                attempt=attempts,
+                max_attempts=max_attempts,
+                timeout_seconds=flow[4],
+                lease_token=token,
+                worker=worker,
+            )
+        )
+    return claimed
+
+
+def mark_started(run_ids: Sequence[int], now: datetime) -> None:
+    """Runs go `in_progress`; `started_at` is now, just before `run()`."""
+    if run_ids:
+        with write_transaction():
+            _execute(
+                "UPDATE data_flow_runs SET status = 'in_progress', started_at = ?"
+                f" WHERE id IN ({_marks(len(run_ids))}) AND status = 'pending'",
+                [to_db_time(now), *run_ids],
+            )
+
+
+def renew_leases(worker: str, job_ids: Sequence[int], now: datetime, lease_seconds: float) -> set[int]:
+    """Extend the leases this worker still holds; returns the job ids it still holds."""
+    if not job_ids:
+        return set()
+    expires = to_db_time(now + timedelta(seconds=lease_seconds))
+    with write_transaction():
+        rows = _execute(
+            f"UPDATE jobs SET lease_expires_at = ? WHERE id IN ({_marks(len(job_ids))})"
+            " AND locked_by = ? AND status = 'running' RETURNING id",
+            [expires, *job_ids, worker],
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def finish(outcomes: Sequence[Outcome], retry: RetrySettings) -> list[Finished]:
+    """Record each attempt's outcome and move its job on, in one transaction."""
+    finished = []
+    with write_transaction():
+        for outcome in outcomes:
+            finished.append(_finish_one(outcome, retry))
+    return finished
+
+
+def _finish_one(outcome: Outcome, retry: RetrySettings) -> Finished:
+    job = outcome.job
+    ended = to_db_time(outcome.ended_at)
+    duration_ms = max(0, int((outcome.ended_at - outcome.started_at).total_seconds() * 1000))
+    error = _error_line(outcome.error_message) if outcome.error_message else None
+    fence = "WHERE id = ? AND lease_token = ? AND status = 'running'"
+    release = "locked_by = NULL, lease_token = NULL, lease_expires_at = NULL"
+    if outcome.status == "success":
+        job_status, will_retry = "succeeded", False
+        changed = _execute(
+            f"UPDATE jobs SET status = 'succeeded', finished_at = ?, last_error = NULL, {release} {fence}",
+            (ended, job.job_id, job.lease_token),
+        ).rowcount
+    else:
+        will_retry = outcome.retry == "now" or (outcome.retry == "normal" and job.attempt < job.max_attempts)
+        if will_retry:
+            job_status = "queued"
+            delay = 0.0 if outcome.retry == "now" else retry_delay(job.attempt, retry)
+            run_at = to_db_time(outcome.ended_at + timedelta(seconds=delay))
+            changed = _execute(
+                f"UPDATE jobs SET status = 'queued', run_at = ?, last_error = ?, {release} {fence}",
+                (run_at, error, job.job_id, job.lease_token),
+            ).rowcount
+        else:
+            job_status = "failed"
+            changed = _execute(
+                f"UPDATE jobs SET status = 'failed', finished_at = ?, last_error = ?, {release} {fence}",
+                (ended, error, job.job_id, job.lease_token),
+            ).rowcount
+    if changed != 1:
+        return Finished(outcome, job_status="lost", will_retry=False, duration_ms=duration_ms, stale=True)
+    _execute(
+        "UPDATE data_flow_runs SET status = ?, ended_at = ?, duration_ms = ?, result = ?, error_message = ?,"
+        " error_backtrace = ? WHERE id = ?",
+        (
+            outcome.status,
+            ended,
+            duration_ms,
+            None if outcome.result is None else _json(outcome.result),
+            error,
+            outcome.error_backtrace,
+            job.run_id,
+        ),
+    )
+    _execute("UPDATE data_flows SET last_run_status = ? WHERE id = ?", (outcome.status, job.data_flow_id))
+    return Finished(outcome, job_status=job_status, will_retry=will_retry, duration_ms=duration_ms)
+
+
+def rescue_expired(now: datetime, retry: RetrySettings, limit: int = 100) -> list[Rescued]:
+    """Take back running jobs whose lease ran out: the lost attempt fails, the job retries or fails."""
+    stamp = to_db_time(now)
+    lock = " FOR UPDATE SKIP LOCKED" if is_postgres() else ""
+    rescued = []
+    with write_transaction():
+        rows = _execute(
+            "SELECT jobs.id, jobs.data_flow_id, jobs.attempts, jobs.max_attempts, jobs.locked_by, data_flows.name"
+            " FROM jobs JOIN data_flows ON data_flows.id = jobs.data_flow_id"
+            f" WHERE jobs.status = 'running' AND jobs.lease_expires_at < ? ORDER BY jobs.id LIMIT ?{lock}",
+            (stamp, limit),
+        ).fetchall()
+        for job_id, flow_id, attempts, max_attempts, locked_by, flow_name in rows:
+            lost = locked_by or "unknown"
+            message = f"worker lost: {lost} stopped renewing its lease"
+            run = _execute(
+                "SELECT id, started_at, created_at FROM data_flow_runs"
+                " WHERE job_id = ? AND status IN ('pending', 'in_progress') ORDER BY id DESC LIMIT 1",
+                (job_id,),
+            ).fetchone()
+            run_id = None
+            if run is not None:
+                run_id = run[0]
+                started = from_db_time(run[1]) or from_db_time(run[2])
+                assert started is not None
+                duration_ms = max(0, int((now - started).total_seconds() * 1000))
+                _execute(
+                    "UPDATE data_flow_runs SET status = 'failed', ended_at = ?, duration_ms = ?, error_message = ?"
+                    " WHERE job_id = ? AND status IN ('pending', 'in_progress')",
+                    (stamp, duration_ms, message, job_id),
+                )
+            will_retry = attempts < max_attempts
+            release = "locked_by = NULL, lease_token = NULL, lease_expires_at = NULL, rescues = rescues + 1"
+            if will_retry:
+                run_at = to_db_time(now + timedelta(seconds=retry_delay(attempts, retry)))
+                _execute(
+                    f"UPDATE jobs SET status = 'queued', run_at = ?, last_error = ?, {release} WHERE id = ?",
+                    (run_at, message, job_id),
+                )
+            else:
+                _execute(
+                    f"UPDATE jobs SET status = 'failed', finished_at = ?, last_error = ?, {release} WHERE id = ?",
+                    (stamp, message, job_id),
+                )
+            _execute("UPDATE data_flows SET last_run_status = 'failed' WHERE id = ?", (flow_id,))
+            rescued.append(
+                Rescued(job_id, run_id, flow_id, flow_name, lost, "queued" if will_retry else "failed", will_retry)
+            )
+    return rescued
+
+
+def cancel_job(job_id: int, now: datetime) -> None:
+    """A queued job becomes `cancelled`; anything else is refused."""
+    with write_transaction():
+        row = _execute("SELECT status, data_flow_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise DfjobError(f"no job with id {job_id}")
+        if row[0] != "queued":
+            raise DfjobError(f"job {job_id} is {row[0]}; only a queued job can be cancelled")
+        _execute(
+            "UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = 'queued'",
+            (to_db_time(now), job_id),
+        )
+        # The flow is no longer in progress: show the outcome of its latest run again.
+        _execute(
+            "UPDATE data_flows SET last_run_status = (SELECT status FROM data_flow_runs"
+            " WHERE data_flow_id = ? ORDER BY id DESC LIMIT 1) WHERE id = ?",
+            (row[1], row[1]),
+        )
+
+
+def retry_job(job_id: int, now: datetime) -> None:
+    """A failed or cancelled job goes back to `queued`, to run now, with fresh attempts."""
+    with write_transaction():
+        row = _execute("SELECT status, data_flow_id, queue FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise DfjobError(f"no job with id {job_id}")
+        if row[0] not in ("failed", "cancelled"):
+            raise DfjobError(f"job {job_id} is {row[0]}; only a failed or cancelled job can be retried")
+        active = _execute(
+            "SELECT id FROM jobs WHERE data_flow_id = ? AND status IN ('queued', 'running')", (row[1],)
+        ).fetchone()
+        if active:
+            raise DfjobError(f"job {job_id}: its data flow already has an active job {active[0]}")
+        stamp = to_db_time(now)
+        try:
+            _execute(
+                "UPDATE jobs SET status = 'queued', attempts = 0, run_at = ?, finished_at = NULL, last_error = NULL"
+                " WHERE id = ?",
+                (stamp, job_id),
+            )
+        except peewee.IntegrityError:
+            raise DfjobError(f"job {job_id}: its data flow already has an active job") from None
+        _execute(
+            "UPDATE data_flows SET last_run_at = ?, last_run_status = 'in_progress' WHERE id = ?", (stamp, row[1])
+        )
+        notify(row[2])
+
+
+def prune(older_than: datetime, batch: int = 1000) -> tuple[int, int]:
+    """Delete finished jobs (and their runs) that finished before `older_than`, in batches."""
+    jobs_deleted = runs_deleted = 0
+    while True:
+        with write_transaction():
+            ids = [
+                row[0]
+                for row in _execute(
+                    "SELECT id FROM jobs WHERE finished_at < ? AND status IN ('succeeded', 'failed', 'cancelled')"
+                    " LIMIT ?",
+                    (to_db_time(older_than), batch),
+                ).fetchall()
+            ]
+            if not ids:
+                return jobs_deleted, runs_deleted
+            marks = _marks(len(ids))
+            runs_deleted += _execute(f"DELETE FROM data_flow_runs WHERE job_id IN ({marks})", ids).rowcount
+            jobs_deleted += _execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids).rowcount
+
+
+def active_job_id(data_flow_id: int) -> int | None:
+    row = _execute(
+        "SELECT id FROM jobs WHERE data_flow_id = ? AND status IN ('queued', 'running')", (data_flow_id,)
+    ).fetchone()
+    return None if row is None else int(row[0])

@@ -1,0 +1,99 @@
+"""Durations (`90s`, `5m`, `2h`, `1d`), cron expressions, and the next time a data flow is due.
+
+Date arithmetic comes from APScheduler's triggers, not from hand-written calendar math.
+The heartbeat pass that uses these lives in `heartbeat.py`, so that this module stays free of the
+database and `config` can use it to check durations.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from dfjob.errors import DfjobError
+
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = 366 * 86400
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration such as `90s`, `5m`, `2h` or `1d`; refuses anything else."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise DfjobError(f"invalid duration {text!r} (use a whole number with s, m, h or d, e.g. 90s, 5m, 2h, 1d)")
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not 1 <= seconds <= MAX_DURATION:
+        raise DfjobError(f"invalid duration {text!r} (must be between 1s and 366d)")
+    return seconds
+
+
+def format_duration(seconds: int) -> str:
+    """The shortest exact DUR for a number of seconds: 300 -> `5m`, 90 -> `90s`."""
+    for unit in ("d", "h", "m"):
+        size = _UNIT_SECONDS[unit]
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def parse_cron(expression: str) -> CronTrigger:
+    """A five-field cron expression in UTC as an APScheduler trigger; refuses anything else."""
+    if len(expression.split()) != 5:
+        raise DfjobError(f"invalid cron expression {expression!r} (five fields: minute hour day month weekday)")
+    try:
+        return CronTrigger.from_crontab(expression, timezone=UTC)
+    except ValueError as exc:
+        raise DfjobError(f"invalid cron expression {expression!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When a data flow is due: every N seconds, or on a cron expression (UTC)."""
+
+    every_seconds: int | None = None
+    cron: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.every_seconds is not None and self.cron is not None:
+            raise DfjobError("a schedule is either --every or --cron, not both")
+        if self.cron is not None:
+            parse_cron(self.cron)
+
+    @property
+    def is_set(self) -> bool:
+        return self.every_seconds is not None or self.cron is not None
+
+    def describe(self) -> str | None:
+        """`every 5m`, `cron 0 3 * * *`, or None."""
+        if self.every_seconds is not None:
+            return f"every {format_duration(self.every_seconds)}"
+        if self.cron is not None:
+            return f"cron {self.cron}"
+        return None
+
+    def first_run_at(self, now: datetime) -> datetime | None:
+        """An `--every` flow is due at once; a `--cron` flow at its next fire time."""
+        if self.every_seconds is not None:
+            return now
+        return self.next_after(now, previous=None)
+
+    def next_after(self, now: datetime, previous: datetime | None) -> datetime | None:
+        """The first fire time strictly after `now`; missed slots are not replayed.
+
+        An interval keeps its cadence from `previous` (the slot just served), so a 5m flow stays
+        on the grid it started on.
+        """
+        if self.every_seconds is not None:
+            start = previous or now
+            trigger = IntervalTrigger(seconds=self.every_seconds, start_date=start, timezone=UTC)
+        elif self.cron is not None:
+            trigger = parse_cron(self.cron)
+        else:
+            return None
+        fire: datetime | None = trigger.get_next_fire_time(None, now + timedelta(microseconds=1))
+        return fire.astimezone(UTC) if fire is not None else None

@@ -1,0 +1,75 @@
+"""`trigger_run`: enqueue one job for a data flow now (or at `run_at`), and say so."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from dfjob import clock, events, queue
+from dfjob.config import Settings, check_queue_name
+from dfjob.errors import DfjobError
+from dfjob.models import DataFlow
+from dfjob.queue import Enqueued
+from dfjob.registry import check_priority
+
+
+def parse_params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, Any]:
+    """`--params-json` (a JSON object) first, then each `--param K=V` (string values) on top."""
+    params: dict[str, Any] = {}
+    if params_json is not None:
+        try:
+            value = json.loads(params_json)
+        except json.JSONDecodeError as exc:
+            raise DfjobError(f"--params-json: invalid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise DfjobError("--params-json must be a JSON object")
+        params.update(value)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise DfjobError(f"--param {pair!r} must look like KEY=VALUE")
+        params[key] = value
+    return params
+
+
+def parse_run_at(text: str) -> datetime:
+    """An ISO 8601 time; without a zone it is UTC."""
+    try:
+        return clock.parse_iso(text)
+    except ValueError:
+        raise DfjobError(f"--run-at {text!r} is not an ISO 8601 time (e.g. 2026-01-01T09:00:00Z)") from None
+
+
+def trigger_run(
+    settings: Settings,
+    flow: DataFlow,
+    *,
+    queue_name: str | None = None,
+    priority: int | None = None,
+    params: dict[str, Any] | None = None,
+    run_at: datetime | None = None,
+) -> Enqueued:
+    """Enqueue a job for `flow` at once; returns the active job instead if there is one."""
+    name = check_queue_name(queue_name or flow.queue, settings.queues.allowed)
+    if priority is not None:
+        check_priority(priority)
+    now = clock.now()
+    enqueued = queue.enqueue(
+        flow.id,
+        queue=name,
+        priority=flow.priority if priority is None else priority,
+        params=params or {},
+        run_at=run_at or now,
+        max_attempts=flow.max_attempts or settings.retry.max_attempts,
+        now=now,
+    )
+    if not enqueued.deduplicated:
+        events.emit(
+            events.JOB_ENQUEUED,
+            job_id=enqueued.job_id,
+            data_flow_id=flow.id,
+            data_flow_name=flow.name,
+            queue=enqueued.queue,
+        )
+    return enqueued

@@ -1,0 +1,422 @@
+"""The worker daemon: a supervisor that claims jobs and runs them in runner processes.
+
+One runner process per concurrency slot runs user code; this supervisor owns every database
+write. Its loop (`run_once`) takes back expired leases, renews its own, claims as many jobs as it
+has free slots in one statement, hands them out, and records what comes back. It never sleeps
+blindly: it waits on the runners' pipes and a wake-up pipe, so a result or a stop request is seen
+at once. The core sees only `request_stop()`; `cli` wires signals to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from dfjob import clock, events, queue
+from dfjob.config import Settings, resolve_path
+from dfjob.db import describe_error, is_connection_error, reset_connection
+from dfjob.queue import Claimed, Outcome
+from dfjob.runner import SETTINGS_ENV
+from dfjob.schedule import format_duration
+
+MAX_DB_BACKOFF = 30.0
+
+
+@dataclass
+class Slot:
+    """One runner process and the attempt it is running, if any."""
+
+    process: subprocess.Popen[bytes]
+    inbox: Connection
+    outbox: Connection
+    ready: bool = False
+    job: Claimed | None = None
+    started_at: datetime | None = None
+    deadline: float | None = None
+
+    def close(self) -> None:
+        for conn in (self.inbox, self.outbox):
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.close()
+
+
+@dataclass
+class Stats:
+    claimed: int = 0
+    finished: int = 0
+    rescued: int = 0
+    pending_outcomes: list[Outcome] = field(default_factory=list)
+
+
+class Worker:
+    """Claims jobs from `queues` and runs up to `concurrency` of them at once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        max_jobs: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.queues = tuple(queues or settings.worker.queues)
+        self.concurrency = concurrency or settings.worker.concurrency
+        self.max_jobs = max_jobs
+        self.name = name or queue.worker_name()
+        self.slots: list[Slot] = []
+        self.stats = Stats()
+        self._burst = False
+        self._found_nothing = False
+        self._stopping = False
+        self._force = False
+        self._grace_deadline: float | None = None
+        self._next_maintenance = 0.0
+        self._db_backoff = 0.0
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def wakeup_fd(self) -> int:
+        """Write a byte here (or pass it to `signal.set_wakeup_fd`) to wake the loop."""
+        return self._wake_w
+
+    def request_stop(self, force: bool = False) -> None:
+        """Stop claiming; with `force`, also interrupt running attempts. Safe in a signal handler."""
+        if self._stopping:
+            force = True
+        self._stopping = True
+        self._force = self._force or force
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass
+
+    def start(self) -> None:
+        self.slots = [self._spawn() for _ in range(self.concurrency)]
+        events.emit(events.WORKER_STARTED, **self._identity())
+
+    def close(self) -> None:
+        """Interrupt whatever still runs, stop the runners, and say so."""
+        self._interrupt_all("interrupted: worker stopped")
+        self._flush_outcomes()
+        for slot in self.slots:
+            slot.close()
+        deadline = time.monotonic() + 5
+        for slot in self.slots:
+            try:
+                slot.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                slot.kill()
+        self.slots = []
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        events.emit(events.WORKER_STOPPED, **self._identity())
+
+    def run(self, burst: bool = False) -> None:
+        """Run until stopped (or, with `burst`, until no job is ready and none is running)."""
+        self._burst = burst
+        self.start()
+        try:
+            while True:
+                self.run_once()
+                if self._done(burst):
+                    break
+        finally:
+            self.close()
+
+    def _done(self, burst: bool) -> bool:
+        if any(slot.job for slot in self.slots) or self.stats.pending_outcomes:
+            return False
+        if self._stopping:
+            return True
+        if self.max_jobs is not None and self.stats.claimed >= self.max_jobs:
+            return True
+        return burst and self._found_nothing
+
+    # -- one pass --------------------------------------------------------------------------------
+
+    def run_once(self, now: datetime | None = None) -> bool:
+        """One pass of the loop; returns True when it claimed at least one job."""
+        now = now or clock.now()
+        claimed: list[Claimed] = []
+        try:
+            self._flush_outcomes()
+            if time.monotonic() >= self._next_maintenance:
+                self._maintain(now)
+            if self._can_claim():
+                claimed = self._claim(now)
+                self._found_nothing = not claimed
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            self._database_down(exc)
+            return False
+        self._db_backoff = 0.0
+        if claimed and self._can_claim():
+            timeout = 0.0  # more may be ready right now
+        elif self._done(self._burst):
+            timeout = 0.0  # a burst with nothing left has nothing to wait for
+        else:
+            timeout = self._idle_timeout()
+        self._wait(timeout)
+        self._collect()
+        self._check_stop()
+        return bool(claimed)
+
+    def _can_claim(self) -> bool:
+        if self._stopping:
+            return False
+        if self.max_jobs is not None and self.stats.claimed >= self.max_jobs:
+            return False
+        return any(slot.ready and slot.job is None for slot in self.slots)
+
+    def _claim(self, now: datetime) -> list[Claimed]:
+        free = [slot for slot in self.slots if slot.ready and slot.job is None]
+        limit = len(free)
+        if self.max_jobs is not None:
+            limit = min(limit, self.max_jobs - self.stats.claimed)
+        claimed = queue.claim(self.name, self.queues, limit, now, self.settings.worker.lease_seconds)
+        if not claimed:
+            return []
+        self.stats.claimed += len(claimed)
+        started = clock.now()
+        queue.mark_started([job.run_id for job in claimed], started)
+        for slot, job in zip(free, claimed, strict=False):
+            self._dispatch(slot, job, started)
+        return claimed
+
+    def _dispatch(self, slot: Slot, job: Claimed, started: datetime) -> None:
+        slot.job, slot.started_at = job, started
+        slot.deadline = time.monotonic() + job.timeout_seconds if job.timeout_seconds else None
+        events.emit(
+            events.JOB_STARTED,
+            job_id=job.job_id,
+            run_id=job.run_id,
+            data_flow_id=job.data_flow_id,
+            data_flow_name=job.data_flow_name,
+            queue=job.queue,
+            attempt=job.attempt,
+            worker=self.name,
+        )
+        message = {
+            "job_id": job.job_id,
+            "run_id": job.run_id,
+            "data_flow_id": job.data_flow_id,
+            "data_flow_name": job.data_flow_name,
+            "class_path": job.class_path,
+            "configuration": job.configuration,
+            "params": job.params,
+        }
+        try:
+            slot.inbox.send_bytes(json.dumps(message).encode())
+        except OSError:
+            self._runner_died(slot)
+
+    def _maintain(self, now: datetime) -> None:
+        """Renew our leases and take back anyone's expired ones."""
+        lease = self.settings.worker.lease_seconds
+        self._next_maintenance = time.monotonic() + max(0.5, lease / 3)
+        held = [slot.job.job_id for slot in self.slots if slot.job]
+        still_held = queue.renew_leases(self.name, held, now, lease)
+        for slot in self.slots:
+            if slot.job and slot.job.job_id not in still_held:
+                # Someone took this job back: stop running it, write nothing about it.
+                events.log.warning("job.lease_lost", job_id=slot.job.job_id, worker=self.name)
+                self._replace(slot)
+        for rescued in queue.rescue_expired(now, self.settings.retry):
+            self.stats.rescued += 1
+            events.emit(
+                events.JOB_RESCUED,
+                job_id=rescued.job_id,
+                run_id=rescued.run_id,
+                data_flow_id=rescued.data_flow_id,
+                data_flow_name=rescued.data_flow_name,
+                lost_worker=rescued.lost_worker,
+                will_retry=rescued.will_retry,
+            )
+
+    def _idle_timeout(self) -> float:
+        timeout = self.settings.worker.poll_interval
+        now = time.monotonic()
+        deadlines = [slot.deadline for slot in self.slots if slot.job and slot.deadline]
+        if self._grace_deadline is not None:
+            deadlines.append(self._grace_deadline)
+        if any(slot.job for slot in self.slots):
+            deadlines.append(self._next_maintenance)
+        for deadline in deadlines:
+            timeout = min(timeout, max(0.0, deadline - now))
+        return timeout
+
+    def _wait(self, timeout: float) -> None:
+        watched: list[Any] = [self._wake_r, *(slot.outbox for slot in self.slots)]
+        ready = wait(watched, timeout)
+        if self._wake_r in ready:
+            try:
+                while os.read(self._wake_r, 512):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
+
+    def _collect(self) -> None:
+        """Read every finished attempt, notice dead runners and runs past their timeout."""
+        for slot in self.slots:
+            if slot.outbox.poll() if not slot.outbox.closed else False:
+                try:
+                    reply = json.loads(slot.outbox.recv_bytes())
+                except (EOFError, OSError):
+                    self._runner_died(slot)
+                    continue
+                if reply.get("ready"):
+                    slot.ready = True
+                elif slot.job is not None and reply.get("run_id") == slot.job.run_id:
+                    self._record(slot, reply)
+            elif slot.job and slot.deadline is not None and time.monotonic() >= slot.deadline:
+                seconds = slot.job.timeout_seconds or 0
+                self._fail_slot(slot, f"timed out after {format_duration(seconds)}", retry="normal")
+
+    def _record(self, slot: Slot, reply: dict[str, Any]) -> None:
+        assert slot.job is not None and slot.started_at is not None
+        self.stats.pending_outcomes.append(
+            Outcome(
+                job=slot.job,
+                status=reply["status"],
+                started_at=slot.started_at,
+                ended_at=clock.now(),
+                result=reply.get("result"),
+                error_message=reply.get("error_message"),
+                error_backtrace=reply.get("error_backtrace"),
+                retry=reply.get("retry", "normal"),
+            )
+        )
+        slot.job = slot.started_at = slot.deadline = None
+
+    def _runner_died(self, slot: Slot) -> None:
+        code = slot.process.wait()
+        if slot.job is not None:
+            reason = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+            self._fail_slot(slot, f"runner process died: {reason}", retry="normal", already_dead=True)
+        else:
+            self._replace(slot)
+
+    def _fail_slot(self, slot: Slot, message: str, retry: str, already_dead: bool = False) -> None:
+        """End the slot's attempt as failed, and give the slot a fresh runner."""
+        assert slot.job is not None and slot.started_at is not None
+        self.stats.pending_outcomes.append(
+            Outcome(
+                job=slot.job,
+                status="failed",
+                started_at=slot.started_at,
+                ended_at=clock.now(),
+                error_message=message,
+                retry=retry,
+            )
+        )
+        self._replace(slot)
+
+    def _replace(self, slot: Slot) -> None:
+        slot.kill()
+        fresh = self._spawn()
+        slot.process, slot.inbox, slot.outbox, slot.ready = fresh.process, fresh.inbox, fresh.outbox, False
+        slot.job = slot.started_at = slot.deadline = None
+
+    def _flush_outcomes(self) -> None:
+        """Write the outcomes collected so far; they stay queued here while the database is down."""
+        if not self.stats.pending_outcomes:
+            return
+        outcomes, self.stats.pending_outcomes = self.stats.pending_outcomes, []
+        try:
+            finished = queue.finish(outcomes, self.settings.retry)
+        except Exception:
+            self.stats.pending_outcomes = outcomes + self.stats.pending_outcomes
+            raise
+        for item in finished:
+            job = item.outcome.job
+            self.stats.finished += 1
+            if item.stale:
+                events.log.warning("job.lease_lost", job_id=job.job_id, worker=self.name)
+                continue
+            payload: dict[str, Any] = {
+                "job_id": job.job_id,
+                "run_id": job.run_id,
+                "data_flow_id": job.data_flow_id,
+                "data_flow_name": job.data_flow_name,
+                "queue": job.queue,
+                "attempt": job.attempt,
+                "status": item.outcome.status,
+                "duration_ms": item.duration_ms,
+                "will_retry": item.will_retry,
+                "job_status": item.job_status,
+            }
+            if item.outcome.status == "failed":
+                payload["error"] = item.outcome.error_message
+            events.emit(events.JOB_FINISHED, **payload)
+
+    def _check_stop(self) -> None:
+        if not self._stopping:
+            return
+        if self._grace_deadline is None:
+            self._grace_deadline = time.monotonic() + self.settings.worker.shutdown_grace
+        if self._force or time.monotonic() >= self._grace_deadline:
+            self._interrupt_all("interrupted: worker stopped before the run finished")
+
+    def _interrupt_all(self, message: str) -> None:
+        for slot in self.slots:
+            if slot.job is not None:
+                self._fail_slot(slot, message, retry="now")
+
+    def _database_down(self, exc: BaseException) -> None:
+        self._db_backoff = min(MAX_DB_BACKOFF, max(0.5, self._db_backoff * 2))
+        events.emit(events.DB_UNAVAILABLE, error=describe_error(exc), retry_in=self._db_backoff, worker=self.name)
+        reset_connection()
+        self._wait(self._db_backoff)
+        self._collect()
+        self._check_stop()
+
+    def _spawn(self) -> Slot:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        env = dict(os.environ)
+        env[SETTINGS_ENV] = json.dumps(
+            {
+                "paths": [resolve_path(self.settings, path) for path in self.settings.flows.paths],
+                "allowed_modules": list(self.settings.flows.allowed_modules),
+                "log_format": events.resolved_format(self.settings.log.format),
+                "log_level": self.settings.log.level,
+            }
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dfjob.runner", str(to_child_r), str(from_child_w)],
+            pass_fds=(to_child_r, from_child_w),
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        return Slot(process, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False))
+
+    def _identity(self) -> dict[str, Any]:
+        return {"worker": self.name, "queues": list(self.queues), "concurrency": self.concurrency}
