@@ -99,7 +99,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(__version__, prog_name="dfjob")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, database_url: str | None, log_format: str | None, debug: bool) -> None:
+def cli(
+    ctx: click.Context, config_path: str | None, database_url: str | None, log_format: str | None, debug: bool
+) -> None:
     """dfjob: run Python data flows on a schedule and on demand, with a full run history."""
     global _debug
     _debug = debug
@@ -193,7 +195,9 @@ def flows_set(
         raise DfjobError("give --enabled or --disabled, not both")
     flow = get_flow(ref)
     state = True if enabled else False if disabled else None
-    flow = registry.update_flow(settings, flow, _spec(name, class_path, options, no_schedule=no_schedule, enabled=state))
+    flow = registry.update_flow(
+        settings, flow, _spec(name, class_path, options, no_schedule=no_schedule, enabled=state)
+    )
     data = flow_to_dict(flow)
     _emit(as_json, data, lambda: _describe_flow(data))
 
@@ -203,7 +207,7 @@ def flows_set(
 def flows_list(as_json: bool) -> None:
     """All data flows."""
     _app().open()
-    rows = [flow_to_dict(flow) for flow in registry.DataFlow.select().order_by(registry.DataFlow.id)]
+    rows = [flow_to_dict(flow) for flow in registry.all_flows()]
     columns = ["id", "name", "queue", "priority", "enabled", "schedule", "last_run_status", "next_run_at", "class_path"]
     _emit(as_json, rows, lambda: _table(rows, columns))
 
@@ -386,7 +390,9 @@ def runs(flow_ref: str | None, status: str | None, limit: int, as_json: bool) ->
 @click.option("--limit", type=int, default=50, show_default=True)
 @json_option
 @click.pass_context
-def jobs(ctx: click.Context, queue_name: str | None, status: str | None, flow_ref: str | None, limit: int, as_json: bool) -> None:
+def jobs(
+    ctx: click.Context, queue_name: str | None, status: str | None, flow_ref: str | None, limit: int, as_json: bool
+) -> None:
     """The job table, newest first; `jobs cancel ID`, `jobs retry ID`."""
     if ctx.invoked_subcommand is not None:
         ctx.obj.json = as_json
@@ -395,7 +401,17 @@ def jobs(ctx: click.Context, queue_name: str | None, status: str | None, flow_re
     if queue_name is not None:
         check_queue_name(queue_name, ())
     rows = history.list_jobs(queue_name, status, _flow_id(flow_ref), limit)
-    columns = ["id", "data_flow_name", "queue", "priority", "status", "attempts", "max_attempts", "run_at", "last_error"]
+    columns = [
+        "id",
+        "data_flow_name",
+        "queue",
+        "priority",
+        "status",
+        "attempts",
+        "max_attempts",
+        "run_at",
+        "last_error",
+    ]
     _emit(as_json, rows, lambda: _table(rows, columns))
 
 
@@ -468,8 +484,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(f"database error: {describe_error(exc)}")
     except KeyboardInterrupt:
         _fail("interrupted")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (a bug still ends as one Error line; --debug shows it)
         _fail(f"{type(exc).__name__}: {describe_error(exc)}")
     sys.exit(result if isinstance(result, int) else 0)
-
-

@@ -239,9 +239,7 @@ def check_queue_name(name: str, allowed: tuple[str, ...], where: str = "queue") 
 def check_flow_name(name: str) -> str:
     """Return the data flow name, or refuse it."""
     if not FLOW_NAME.fullmatch(name):
-        raise DfjobError(
-            f"invalid data flow name {name!r} (1-128 of A-Z a-z 0-9 _ - ., starting with a letter)"
-        )
+        raise DfjobError(f"invalid data flow name {name!r} (1-128 of A-Z a-z 0-9 _ - ., starting with a letter)")
     return name
 
 

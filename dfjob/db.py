@@ -109,7 +109,14 @@ def is_connection_error(exc: BaseException) -> bool:
         text = str(exc).lower()
         if "locked" in text or "busy" in text:  # SQLite contention: a retry, not an outage
             return True
-        markers = ("connection", "server closed", "terminating", "could not connect", "shutting down", "the database system")
+        markers = (
+            "connection",
+            "server closed",
+            "terminating",
+            "could not connect",
+            "shutting down",
+            "the database system",
+        )
         return any(marker in text for marker in markers)
     return False
 
@@ -121,7 +128,7 @@ def reset_connection() -> None:
         return
     try:
         database.close()
-    except Exception:  # the socket is already gone; closing is best effort
+    except Exception:  # noqa: BLE001 (the socket is already gone; closing is best effort)
         conn = database._state.conn
         database._state.reset()
         del conn

@@ -69,7 +69,7 @@ def load_callbacks(settings: Settings) -> None:
         module_name, attr = check_callable_path(path, "monitoring.callbacks")
         try:
             function = getattr(importlib.import_module(module_name), attr)
-        except Exception as exc:  # any error importing user code is a refusal
+        except Exception as exc:  # noqa: BLE001 (any error importing user code is a refusal)
             raise DfjobError(f"monitoring.callbacks: cannot load {path!r}: {type(exc).__name__}: {exc}") from None
         if not callable(function):
             raise DfjobError(f"monitoring.callbacks: {path!r} is not callable")
@@ -83,5 +83,5 @@ def emit(event: str, **payload: Any) -> None:
     for path, callback in _callbacks:
         try:
             callback(event, dict(payload))
-        except Exception as exc:  # a monitoring failure must never touch the job
+        except Exception as exc:  # noqa: BLE001 (a monitoring failure must never touch the job)
             log.warning(CALLBACK_FAILED, callback=path, failed_event=event, error=f"{type(exc).__name__}: {exc}")

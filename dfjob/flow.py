@@ -52,13 +52,13 @@ def load_flow_class(class_path: str, allowed_modules: tuple[str, ...]) -> type[F
     """Import and return the Flow subclass a class path names, or raise DfjobError."""
     module_name, attr = check_callable_path(class_path)
     if not module_allowed(module_name, allowed_modules):
-        raise ClassPathRefused(
-            f"class path {class_path!r}: module {module_name!r} is not in flows.allowed_modules"
-        )
+        raise ClassPathRefused(f"class path {class_path!r}: module {module_name!r} is not in flows.allowed_modules")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # any import-time error of user code is a refusal, not a crash
-        raise DfjobError(f"class path {class_path!r}: cannot import {module_name}: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 (an import-time error in user code is a refusal)
+        raise DfjobError(
+            f"class path {class_path!r}: cannot import {module_name}: {type(exc).__name__}: {exc}"
+        ) from None
     candidate = getattr(module, attr, None)
     if candidate is None:
         raise DfjobError(f"class path {class_path!r}: module {module_name} has no attribute {attr}")

@@ -41,11 +41,17 @@ def heartbeat(settings: Settings, now: datetime | None = None) -> HeartbeatResul
         )
     with write_transaction():
         query = DataFlow.select(
-            DataFlow.id, DataFlow.name, DataFlow.queue, DataFlow.priority, DataFlow.max_attempts,
-            DataFlow.every_seconds, DataFlow.cron, DataFlow.next_run_at,
+            DataFlow.id,
+            DataFlow.name,
+            DataFlow.queue,
+            DataFlow.priority,
+            DataFlow.max_attempts,
+            DataFlow.every_seconds,
+            DataFlow.cron,
+            DataFlow.next_run_at,
         ).where(DataFlow.enabled == True, DataFlow.next_run_at <= now)  # noqa: E712 (SQL, not Python)
         if is_postgres():
-            query = query.for_update("FOR UPDATE SKIP LOCKED")
+            query = query.for_update(skip_locked=True)
         due = list(query)
         next_times: dict[datetime | None, list[int]] = defaultdict(list)
         for flow in due:
@@ -69,5 +75,3 @@ def heartbeat(settings: Settings, now: datetime | None = None) -> HeartbeatResul
     result = HeartbeatResult(due=len(due), enqueued=len(created), skipped=len(due) - len(created))
     events.emit(events.HEARTBEAT_FINISHED, due=result.due, enqueued=result.enqueued, skipped=result.skipped)
     return result
-
-

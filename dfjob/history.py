@@ -26,7 +26,7 @@ def list_runs(flow_id: int | None = None, status: str | None = None, limit: int 
     """Runs, newest first (highest id first)."""
     _check_status(status, RUN_STATUSES, "run")
     _check_limit(limit)
-    query = DataFlowRun.select(DataFlowRun, DataFlow.name).join(DataFlow)
+    query = DataFlowRun.select(DataFlowRun, DataFlow.id, DataFlow.name).join(DataFlow)
     if flow_id is not None:
         query = query.where(DataFlowRun.data_flow == flow_id)
     if status is not None:
@@ -40,7 +40,7 @@ def list_jobs(
     """Jobs, newest first (highest id first)."""
     _check_status(status, JOB_STATUSES, "job")
     _check_limit(limit)
-    query = Job.select(Job, DataFlow.name).join(DataFlow)
+    query = Job.select(Job, DataFlow.id, DataFlow.name).join(DataFlow)
     if queue is not None:
         query = query.where(Job.queue == queue)
     if status is not None:
@@ -51,7 +51,7 @@ def list_jobs(
 
 
 def get_job(job_id: int) -> dict[str, Any]:
-    job = Job.select(Job, DataFlow.name).join(DataFlow).where(Job.id == job_id).first()
+    job = Job.select(Job, DataFlow.id, DataFlow.name).join(DataFlow).where(Job.id == job_id).first()
     if job is None:
         raise DfjobError(f"no job with id {job_id}")
     return job_to_dict(job)

@@ -63,6 +63,7 @@ class BaseModel(peewee.Model):
 
 
 class DataFlow(BaseModel):
+    id = peewee.AutoField()
     name = peewee.CharField(max_length=128, unique=True)
     class_path = peewee.CharField(max_length=512)
     queue = peewee.CharField(max_length=64, default="default")
@@ -86,6 +87,7 @@ class DataFlow(BaseModel):
 class Job(BaseModel):
     id = peewee.BigAutoField()
     data_flow = peewee.ForeignKeyField(DataFlow, backref="jobs", on_delete="CASCADE", index=False)
+    data_flow_id: int
     queue = peewee.CharField(max_length=64)
     priority = peewee.IntegerField(default=0)
     status = peewee.CharField(max_length=16, default="queued")
@@ -108,7 +110,9 @@ class Job(BaseModel):
 class DataFlowRun(BaseModel):
     id = peewee.BigAutoField()
     data_flow = peewee.ForeignKeyField(DataFlow, backref="runs", on_delete="CASCADE", index=False)
+    data_flow_id: int
     job = peewee.ForeignKeyField(Job, backref="runs", on_delete="CASCADE", index=False)
+    job_id: int
     attempt = peewee.IntegerField()
     status = peewee.CharField(max_length=16, default="pending")
     queue = peewee.CharField(max_length=64)

@@ -136,8 +136,8 @@ def retry_delay(attempts: int, retry: RetrySettings) -> float:
     """Seconds before the next attempt: initial × 2^(attempts−1), capped, with ±10% jitter."""
     if retry.backoff_initial <= 0:
         return 0.0
-    base = retry.backoff_initial * 2 ** min(attempts - 1, 40)
-    return min(base * random.uniform(0.9, 1.1), retry.backoff_max)
+    base = retry.backoff_initial * 2.0 ** min(attempts - 1, 40)
+    return float(min(base * random.uniform(0.9, 1.1), retry.backoff_max))
 
 
 def notify(queue: str) -> None:
@@ -218,9 +218,7 @@ def enqueue_many(flows: Sequence[tuple[int, str, int, int]], now: datetime) -> d
     return created
 
 
-def claim(
-    worker: str, queues: Sequence[str], limit: int, now: datetime, lease_seconds: float
-) -> list[Claimed]:
+def claim(worker: str, queues: Sequence[str], limit: int, now: datetime, lease_seconds: float) -> list[Claimed]:
     """Claim up to `limit` due jobs from `queues`, creating each attempt's pending run."""
     token = uuid.uuid4().hex
     stamp = to_db_time(now)
@@ -229,14 +227,14 @@ def claim(
         f"SELECT id FROM jobs WHERE status = 'queued' AND queue IN ({_marks(len(queues))}) AND run_at <= ?"
         " ORDER BY priority, run_at, id LIMIT ?"
     )
-    setter = (
-        "SET status = 'running', attempts = attempts + 1, locked_by = ?, lease_token = ?, lease_expires_at = ?"
-    )
+    setter = "SET status = 'running', attempts = attempts + 1, locked_by = ?, lease_token = ?, lease_expires_at = ?"
     returning = "RETURNING jobs.id, jobs.data_flow_id, jobs.queue, jobs.attempts, jobs.max_attempts, jobs.params"
     if is_postgres():
         # MATERIALIZED: the locking subquery runs exactly once.
-        sql = f"WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) UPDATE jobs {setter} FROM picked" \
-              f" WHERE jobs.id = picked.id {returning}"
+        sql = (
+            f"WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) UPDATE jobs {setter} FROM picked"
+            f" WHERE jobs.id = picked.id {returning}"
+        )
         params = [*queues, stamp, limit, worker, token, expires]
     else:
         sql = f"UPDATE jobs {setter} WHERE id IN ({pick}) {returning}"
@@ -462,9 +460,7 @@ def retry_job(job_id: int, now: datetime) -> None:
             )
         except peewee.IntegrityError:
             raise DfjobError(f"job {job_id}: its data flow already has an active job") from None
-        _execute(
-            "UPDATE data_flows SET last_run_at = ?, last_run_status = 'in_progress' WHERE id = ?", (stamp, row[1])
-        )
+        _execute("UPDATE data_flows SET last_run_at = ?, last_run_status = 'in_progress' WHERE id = ?", (stamp, row[1]))
         notify(row[2])
 
 

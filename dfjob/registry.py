@@ -71,6 +71,10 @@ def check_max_attempts(value: int, where: str = "--max-attempts") -> int:
     return value
 
 
+def all_flows() -> list[DataFlow]:
+    return list(DataFlow.select().order_by(DataFlow.id))
+
+
 def check_class_path(settings: Settings, class_path: str) -> None:
     """Import the class now, so a typo is refused at `add`, not at 3 a.m."""
     add_import_paths(tuple(resolve_path(settings, path) for path in settings.flows.paths))
@@ -81,13 +85,13 @@ def check_class_path(settings: Settings, class_path: str) -> None:
 
 def get_flow(ref: str) -> DataFlow:
     """A data flow by id (all digits) or by name."""
-    try:
-        if ref.isdigit():
-            return DataFlow.get_by_id(int(ref))
-        return DataFlow.get(DataFlow.name == ref)
-    except DataFlow.DoesNotExist:
-        kind = "id" if ref.isdigit() else "name"
-        raise DfjobError(f"no data flow with {kind} {ref!r}") from None
+    if ref.isdigit():
+        flow = DataFlow.get_or_none(DataFlow.id == int(ref))
+    else:
+        flow = DataFlow.get_or_none(DataFlow.name == ref)
+    if flow is None:
+        raise DfjobError(f"no data flow with {'id' if ref.isdigit() else 'name'} {ref!r}")
+    return flow
 
 
 def _schedule_of(flow: DataFlow) -> Schedule:
@@ -324,4 +328,3 @@ def _toml_value(value: Any, where: str) -> str:
     if value is None:
         raise DfjobError(f"cannot export {where}: TOML has no null")
     raise DfjobError(f"cannot export {where}: unsupported value {type(value).__name__}")
-

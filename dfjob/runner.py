@@ -10,6 +10,7 @@ the moment the supervisor's end of the pipe closes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -44,7 +45,7 @@ def run_attempt(job: dict[str, Any], allowed_modules: tuple[str, ...]) -> dict[s
             raise TypeError(f"run() must return a dict or None, not {type(result).__name__}")
         json.dumps(result)
         return {"status": "success", "result": result}
-    except BaseException as exc:  # the one place that catches everything: around the user's code
+    except BaseException as exc:  # noqa: BLE001 (the one place that catches everything: user code)
         return {
             "status": "failed",
             "retry": "never" if isinstance(exc, (Discard, ClassPathRefused)) else "normal",
@@ -55,10 +56,8 @@ def run_attempt(job: dict[str, Any], allowed_modules: tuple[str, ...]) -> dict[s
 
 def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError, AttributeError):  # the pipe watchdog still covers it
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):  # the pipe watchdog still covers it
-            pass
 
 
 def _read_jobs(inbox: Connection, jobs: queue.SimpleQueue[dict[str, Any]]) -> None:

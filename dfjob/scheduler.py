@@ -36,7 +36,7 @@ class Scheduler:
         """One heartbeat pass; an outage is logged, not raised."""
         try:
             heartbeat(self.settings)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (a failed pass must not stop the daemon)
             if not is_connection_error(exc):
                 events.log.exception("heartbeat.failed", error=describe_error(exc))
                 return
@@ -48,7 +48,7 @@ class Scheduler:
         try:
             jobs, runs = queue.prune(clock.now() - timedelta(seconds=seconds))
             events.log.info("prune.finished", jobs=jobs, runs=runs)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (a failed prune must not stop the daemon)
             events.log.warning("prune.failed", error=describe_error(exc))
             reset_connection()
 

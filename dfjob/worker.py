@@ -9,6 +9,7 @@ at once. The core sees only `request_stop()`; `cli` wires signals to it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -45,10 +46,8 @@ class Slot:
 
     def close(self) -> None:
         for conn in (self.inbox, self.outbox):
-            try:
+            with contextlib.suppress(OSError):
                 conn.close()
-            except OSError:
-                pass
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -107,10 +106,8 @@ class Worker:
             force = True
         self._stopping = True
         self._force = self._force or force
-        try:
+        with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"\0")
-        except (BlockingIOError, OSError):
-            pass
 
     def start(self) -> None:
         self.slots = [self._spawn() for _ in range(self.concurrency)]
@@ -130,10 +127,8 @@ class Worker:
                 slot.kill()
         self.slots = []
         for fd in (self._wake_r, self._wake_w):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         events.emit(events.WORKER_STOPPED, **self._identity())
 
     def run(self, burst: bool = False) -> None:
@@ -299,7 +294,8 @@ class Worker:
                 self._fail_slot(slot, f"timed out after {format_duration(seconds)}", retry="normal")
 
     def _record(self, slot: Slot, reply: dict[str, Any]) -> None:
-        assert slot.job is not None and slot.started_at is not None
+        assert slot.job is not None
+        assert slot.started_at is not None
         self.stats.pending_outcomes.append(
             Outcome(
                 job=slot.job,
@@ -324,7 +320,8 @@ class Worker:
 
     def _fail_slot(self, slot: Slot, message: str, retry: str, already_dead: bool = False) -> None:
         """End the slot's attempt as failed, and give the slot a fresh runner."""
-        assert slot.job is not None and slot.started_at is not None
+        assert slot.job is not None
+        assert slot.started_at is not None
         self.stats.pending_outcomes.append(
             Outcome(
                 job=slot.job,
