@@ -63,6 +63,8 @@ def heartbeat(settings: Settings, now: datetime | None = None) -> HeartbeatResul
         created = queue.enqueue_many(
             [(f.id, f.queue, f.priority, f.max_attempts or settings.retry.max_attempts) for f in due], now
         )
+    if created:
+        queue.wake_after_commit()
     for flow in due:
         if flow.id in created:
             events.emit(

@@ -32,6 +32,7 @@ from typing import Any
 
 import peewee
 
+from dfjob import wakeup
 from dfjob.config import RetrySettings
 from dfjob.db import database_proxy, is_postgres, write_transaction
 from dfjob.errors import DfjobError
@@ -39,7 +40,6 @@ from dfjob.models import from_db_time, to_db_time
 
 ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
-NOTIFY_CHANNEL = "dfjob_jobs"
 ERROR_MESSAGE_LIMIT = 4000
 
 
@@ -143,7 +143,13 @@ def retry_delay(attempts: int, retry: RetrySettings) -> float:
 def notify(queue: str) -> None:
     """Postgres: wake idle workers of a queue once the enclosing transaction commits."""
     if is_postgres():
-        _execute("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, queue))
+        _execute("SELECT pg_notify(?, ?)", (wakeup.CHANNEL, queue))
+
+
+def wake_after_commit() -> None:
+    """SQLite: poke idle workers once the enqueue has committed (Postgres did it with NOTIFY)."""
+    if not is_postgres():
+        wakeup.wake_sqlite_workers()
 
 
 def enqueue(
@@ -158,6 +164,7 @@ def enqueue(
 ) -> Enqueued:
     """A new queued job for the data flow, or its active one (`deduplicated`)."""
     for _ in range(10):
+        enqueued: Enqueued | None = None
         with write_transaction():
             rows = _execute(
                 "INSERT INTO jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues,"
@@ -171,13 +178,17 @@ def enqueue(
                     (to_db_time(now), data_flow_id),
                 )
                 notify(queue)
-                return Enqueued(rows[0][0], data_flow_id, queue, deduplicated=False)
-            active = _execute(
-                "SELECT id, queue FROM jobs WHERE data_flow_id = ? AND status IN ('queued', 'running')",
-                (data_flow_id,),
-            ).fetchone()
-            if active:
-                return Enqueued(active[0], data_flow_id, active[1], deduplicated=True)
+                enqueued = Enqueued(rows[0][0], data_flow_id, queue, deduplicated=False)
+            else:
+                active = _execute(
+                    "SELECT id, queue FROM jobs WHERE data_flow_id = ? AND status IN ('queued', 'running')",
+                    (data_flow_id,),
+                ).fetchone()
+                if active:
+                    return Enqueued(active[0], data_flow_id, active[1], deduplicated=True)
+        if enqueued is not None:
+            wake_after_commit()
+            return enqueued
         # The active job finished between our INSERT and SELECT: try again.
     raise DfjobError(f"could not enqueue data flow {data_flow_id}: its active job keeps changing")
 
@@ -462,6 +473,7 @@ def retry_job(job_id: int, now: datetime) -> None:
             raise DfjobError(f"job {job_id}: its data flow already has an active job") from None
         _execute("UPDATE data_flows SET last_run_at = ?, last_run_status = 'in_progress' WHERE id = ?", (stamp, row[1]))
         notify(row[2])
+    wake_after_commit()
 
 
 def prune(older_than: datetime, batch: int = 1000) -> tuple[int, int]:

@@ -22,7 +22,7 @@ from datetime import datetime
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from dfjob import clock, events, queue
+from dfjob import clock, events, queue, wakeup
 from dfjob.config import Settings, resolve_path
 from dfjob.db import describe_error, is_connection_error, reset_connection
 from dfjob.queue import Claimed, Outcome
@@ -89,6 +89,7 @@ class Worker:
         self._grace_deadline: float | None = None
         self._next_maintenance = 0.0
         self._db_backoff = 0.0
+        self._listener: wakeup.Listener | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -111,7 +112,21 @@ class Worker:
 
     def start(self) -> None:
         self.slots = [self._spawn() for _ in range(self.concurrency)]
+        self._open_listener()
         events.emit(events.WORKER_STARTED, **self._identity())
+
+    def _open_listener(self) -> None:
+        """Subscribe to enqueue wake-ups; without them the worker still polls."""
+        try:
+            self._listener = wakeup.open_listener(self.settings.worker.notify)
+        except Exception as exc:  # noqa: BLE001 (wake-ups are an optimisation; polling carries on)
+            self._listener = None
+            events.log.warning("worker.wakeup_unavailable", error=describe_error(exc), worker=self.name)
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
 
     def close(self) -> None:
         """Interrupt whatever still runs, stop the runners, and say so."""
@@ -126,6 +141,7 @@ class Worker:
             except subprocess.TimeoutExpired:
                 slot.kill()
         self.slots = []
+        self._close_listener()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -235,6 +251,8 @@ class Worker:
         """Renew our leases and take back anyone's expired ones."""
         lease = self.settings.worker.lease_seconds
         self._next_maintenance = time.monotonic() + max(0.5, lease / 3)
+        if self._listener is None:
+            self._open_listener()
         held = [slot.job.job_id for slot in self.slots if slot.job]
         still_held = queue.renew_leases(self.name, held, now, lease)
         for slot in self.slots:
@@ -268,7 +286,14 @@ class Worker:
 
     def _wait(self, timeout: float) -> None:
         watched: list[Any] = [self._wake_r, *(slot.outbox for slot in self.slots)]
-        ready = wait(watched, timeout)
+        if self._listener is not None:
+            watched.append(self._listener)
+        ready: list[Any] = wait(watched, timeout)
+        if self._listener is not None and self._listener in ready:
+            try:
+                self._listener.drain()
+            except Exception:  # noqa: BLE001 (the listening connection broke; reopen it later)
+                self._close_listener()
         if self._wake_r in ready:
             try:
                 while os.read(self._wake_r, 512):

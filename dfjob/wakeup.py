@@ -1,0 +1,141 @@
+"""Waking idle workers the moment a job is enqueued; polling stays the source of truth.
+
+- Postgres: enqueue sends `NOTIFY dfjob_jobs` in its transaction (see `queue.notify`); each
+  worker keeps one extra connection that LISTENs, and its socket is one more thing the worker's
+  loop waits on. `worker.notify = false` turns this off (PgBouncer in transaction mode).
+- SQLite has no notifications, but its workers always share a host with the database file: each
+  idle worker binds a Unix datagram socket in a folder beside the file, and an enqueue sends one
+  byte to each socket there after it commits. A socket whose worker died is removed by the next
+  sender.
+Either way a lost wake-up costs at most one poll interval, never a job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+from typing import Protocol
+
+import peewee
+
+from dfjob.db import database_proxy, is_postgres
+
+CHANNEL = "dfjob_jobs"
+# AF_UNIX paths are limited to 108 bytes; longer ones are reached through /proc/self/fd.
+MAX_SOCKET_PATH = 100
+
+
+class Listener(Protocol):
+    def fileno(self) -> int: ...
+
+    def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def sqlite_wake_dir(database: peewee.Database) -> str | None:
+    """The folder beside a SQLite file where idle workers' sockets live (None for `:memory:`)."""
+    path = str(database.database)
+    if path == ":memory:" or not path:
+        return None
+    return os.path.abspath(path) + "-wake"
+
+
+@contextlib.contextmanager
+def _short_path(folder: str, name: str):  # type: ignore[no-untyped-def]
+    """A socket address for folder/name that fits AF_UNIX's limit."""
+    full = os.path.join(folder, name)
+    if len(full.encode()) <= MAX_SOCKET_PATH:
+        yield full
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{name}"
+    finally:
+        os.close(fd)
+
+
+class SQLiteListener:
+    """A datagram socket beside the database file that enqueuers poke."""
+
+    def __init__(self, folder: str) -> None:
+        os.makedirs(folder, exist_ok=True)
+        self.folder = folder
+        self.name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        with _short_path(folder, self.name) as address:
+            self.sock.bind(address)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while self.sock.recv(64):
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self.folder, self.name))
+
+
+class PostgresListener:
+    """A dedicated autocommit connection that LISTENs on the enqueue channel."""
+
+    def __init__(self, conninfo: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
+        self.conn.execute(f"LISTEN {CHANNEL}")
+
+    def fileno(self) -> int:
+        return self.conn.fileno()
+
+    def drain(self) -> None:
+        for _ in self.conn.notifies(timeout=0):
+            pass
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+def open_listener(enabled: bool) -> Listener | None:
+    """The wake-up channel for this worker's database, or None (polling only)."""
+    database = database_proxy.obj
+    if is_postgres(database):
+        if not enabled:
+            return None
+        return PostgresListener(database.database)
+    folder = sqlite_wake_dir(database)
+    return SQLiteListener(folder) if folder else None
+
+
+def wake_sqlite_workers() -> None:
+    """After an enqueue commits on SQLite: poke every idle worker of this database file."""
+    folder = sqlite_wake_dir(database_proxy.obj)
+    if folder is None:
+        return
+    try:
+        names = [name for name in os.listdir(folder) if name.endswith(".sock")]
+    except FileNotFoundError:
+        return
+    if not names:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.setblocking(False)
+        for name in names:
+            with _short_path(folder, name) as address:
+                try:
+                    sender.sendto(b"j", address)
+                except BlockingIOError:
+                    pass  # its buffer is full of wake-ups already
+                except (ConnectionRefusedError, FileNotFoundError):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(folder, name))  # its worker is gone
+                except OSError:
+                    pass
