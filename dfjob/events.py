@@ -60,6 +60,15 @@ def configure_logging(log_format: str, level: str) -> None:
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    # Libraries (APScheduler) log through the standard library: send those lines the same way.
+    root = logging.getLogger()
+    root.handlers[:] = [_StructlogHandler()]
+    root.setLevel(logging.WARNING)
+
+
+class _StructlogHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        structlog.get_logger(record.name).log(record.levelno, record.getMessage(), logger=record.name)
 
 
 def load_callbacks(settings: Settings) -> None:

@@ -1,7 +1,7 @@
 """The heartbeat: one pass that enqueues every enabled data flow whose schedule is due.
 
 Safe to run from any number of processes at once: on Postgres the due flows are locked with
-`FOR UPDATE SKIP LOCKED`, on SQLite the pass is one `BEGIN IMMEDIATE` transaction; either way a
+`FOR UPDATE` (in id order, so heartbeats cannot deadlock), on SQLite the pass is one `BEGIN IMMEDIATE` transaction; either way a
 flow's `next_run_at` moves forward in the same transaction that enqueues its job, so a second
 heartbeat no longer sees it as due. The one-active-job index backs this up.
 """
@@ -51,7 +51,10 @@ def heartbeat(settings: Settings, now: datetime | None = None) -> HeartbeatResul
             DataFlow.next_run_at,
         ).where(DataFlow.enabled == True, DataFlow.next_run_at <= now)  # noqa: E712 (SQL, not Python)
         if is_postgres():
-            query = query.for_update(skip_locked=True)
+            # Not SKIP LOCKED: a flow row is also locked briefly when its job finishes, and a
+            # skipped flow would wait a whole heartbeat. A second heartbeat waits here instead,
+            # then re-checks `next_run_at <= now` on the moved row and leaves it alone.
+            query = query.order_by(DataFlow.id).for_update()
         due = list(query)
         next_times: dict[datetime | None, list[int]] = defaultdict(list)
         for flow in due:

@@ -381,7 +381,8 @@ def _finish_one(outcome: Outcome, retry: RetrySettings) -> Finished:
 def rescue_expired(now: datetime, retry: RetrySettings, limit: int = 100) -> list[Rescued]:
     """Take back running jobs whose lease ran out: the lost attempt fails, the job retries or fails."""
     stamp = to_db_time(now)
-    lock = " FOR UPDATE SKIP LOCKED" if is_postgres() else ""
+    # Lock only the job rows: a flow row locked here would make a heartbeat wait on the rescue.
+    lock = " FOR UPDATE OF jobs SKIP LOCKED" if is_postgres() else ""
     rescued = []
     with write_transaction():
         rows = _execute(

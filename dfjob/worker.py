@@ -131,7 +131,10 @@ class Worker:
     def close(self) -> None:
         """Interrupt whatever still runs, stop the runners, and say so."""
         self._interrupt_all("interrupted: worker stopped")
-        self._flush_outcomes()
+        try:
+            self._flush_outcomes()
+        except Exception as exc:  # noqa: BLE001 (unwritten outcomes are rescued once their leases expire)
+            events.emit(events.DB_UNAVAILABLE, error=describe_error(exc), retry_in=None, worker=self.name)
         for slot in self.slots:
             slot.close()
         deadline = time.monotonic() + 5
