@@ -229,26 +229,34 @@ def enqueue_many(flows: Sequence[tuple[int, str, int, int]], now: datetime) -> d
     return created
 
 
+def claim_sql(postgres: bool, queue_count: int) -> str:
+    """The claim statement, with `?` placeholders. Its parameters, in order: on Postgres
+    `*queues, now, limit, worker, token, expires`; on SQLite `worker, token, expires, *queues, now, limit`."""
+    pick = (
+        f"SELECT id FROM jobs WHERE status = 'queued' AND queue IN ({_marks(queue_count)}) AND run_at <= ?"
+        " ORDER BY priority, run_at, id LIMIT ?"
+    )
+    setter = "SET status = 'running', attempts = attempts + 1, locked_by = ?, lease_token = ?, lease_expires_at = ?"
+    returning = "RETURNING jobs.id, jobs.data_flow_id, jobs.queue, jobs.attempts, jobs.max_attempts, jobs.params"
+    if postgres:
+        # MATERIALIZED: the locking subquery runs exactly once.
+        return (
+            f"WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) UPDATE jobs {setter} FROM picked"
+            f" WHERE jobs.id = picked.id {returning}"
+        )
+    return f"UPDATE jobs {setter} WHERE id IN ({pick}) {returning}"
+
+
 def claim(worker: str, queues: Sequence[str], limit: int, now: datetime, lease_seconds: float) -> list[Claimed]:
     """Claim up to `limit` due jobs from `queues`, creating each attempt's pending run."""
     token = uuid.uuid4().hex
     stamp = to_db_time(now)
     expires = to_db_time(now + timedelta(seconds=lease_seconds))
-    pick = (
-        f"SELECT id FROM jobs WHERE status = 'queued' AND queue IN ({_marks(len(queues))}) AND run_at <= ?"
-        " ORDER BY priority, run_at, id LIMIT ?"
-    )
-    setter = "SET status = 'running', attempts = attempts + 1, locked_by = ?, lease_token = ?, lease_expires_at = ?"
-    returning = "RETURNING jobs.id, jobs.data_flow_id, jobs.queue, jobs.attempts, jobs.max_attempts, jobs.params"
-    if is_postgres():
-        # MATERIALIZED: the locking subquery runs exactly once.
-        sql = (
-            f"WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) UPDATE jobs {setter} FROM picked"
-            f" WHERE jobs.id = picked.id {returning}"
-        )
+    postgres = is_postgres()
+    sql = claim_sql(postgres, len(queues))
+    if postgres:
         params = [*queues, stamp, limit, worker, token, expires]
     else:
-        sql = f"UPDATE jobs {setter} WHERE id IN ({pick}) {returning}"
         params = [worker, token, expires, *queues, stamp, limit]
     with write_transaction():
         jobs = _execute(sql, params).fetchall()

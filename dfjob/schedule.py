@@ -11,12 +11,14 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from dfjob.errors import DfjobError
 
-_DURATION = re.compile(r"(\d+)([smhd])")
+_DURATION = re.compile(r"([0-9]+)([smhd])")  # not \d: that also matches non-ASCII digits
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION = 366 * 86400
 
@@ -41,12 +43,56 @@ def format_duration(seconds: int) -> str:
     return f"{seconds}s"
 
 
-def parse_cron(expression: str) -> CronTrigger:
-    """A five-field cron expression in UTC as an APScheduler trigger; refuses anything else."""
-    if len(expression.split()) != 5:
+_CRON_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def _cron_day(text: str) -> int:
+    if text in _CRON_WEEKDAYS:
+        return _CRON_WEEKDAYS.index(text)
+    if text.isascii() and text.isdigit() and int(text) <= 7:
+        return int(text)
+    raise ValueError(f"invalid weekday {text!r}")
+
+
+def _weekday_names(field: str) -> str:
+    """crontab numbers weekdays from 0 = Sunday (7 too), APScheduler 3 from 0 = Monday: spell them out."""
+    if field == "*":
+        return field
+    days: set[int] = set()
+    for part in field.lower().split(","):
+        span, slash, step = part.partition("/")
+        if slash and not (step.isascii() and step.isdigit() and int(step) > 0):
+            raise ValueError(f"invalid step in {part!r}")
+        first_text, dash, last_text = ("0", "-", "6") if span == "*" else span.partition("-")
+        first = _cron_day(first_text)
+        last = _cron_day(last_text) if dash else (6 if slash else first)
+        if first > last:
+            raise ValueError(f"invalid weekday range {span!r}")
+        days.update(day % 7 for day in range(first, last + 1, int(step) if slash else 1))
+    return ",".join(_CRON_WEEKDAYS[day] for day in sorted(days))
+
+
+def parse_cron(expression: str) -> BaseTrigger:
+    """A five-field cron expression in UTC as an APScheduler trigger; refuses anything else.
+
+    Read as crontab reads it: weekday 0 and 7 are Sunday, and when both the day-of-month and the
+    weekday field are restricted, a time matching either one fires (APScheduler 3 alone differs on both).
+    """
+    fields = expression.split()
+    if len(fields) != 5:
         raise DfjobError(f"invalid cron expression {expression!r} (five fields: minute hour day month weekday)")
+    minute, hour, day, month, weekday = fields
     try:
-        return CronTrigger.from_crontab(expression, timezone=UTC)
+        weekdays = _weekday_names(weekday)
+
+        def cron(day_field: str, weekday_field: str) -> CronTrigger:
+            return CronTrigger(
+                minute=minute, hour=hour, day=day_field, month=month, day_of_week=weekday_field, timezone=UTC
+            )
+
+        if day.startswith("*") or weekday.startswith("*"):
+            return cron(day, weekdays)
+        return OrTrigger([cron(day, "*"), cron("*", weekdays)])
     except ValueError as exc:
         raise DfjobError(f"invalid cron expression {expression!r}: {exc}") from None
 
