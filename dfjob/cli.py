@@ -18,7 +18,7 @@ import peewee
 
 from dfjob import __version__, clock, events, history, queue, registry
 from dfjob.config import Settings, check_queue_name, load_settings
-from dfjob.db import connect, describe_error, redact_url
+from dfjob.db import close_database, connect, describe_error, redact_url
 from dfjob.errors import DfjobError
 from dfjob.heartbeat import heartbeat as run_heartbeat
 from dfjob.models import ensure_schema
@@ -486,4 +486,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail("interrupted")
     except Exception as exc:  # noqa: BLE001 (a bug still ends as one Error line; --debug shows it)
         _fail(f"{type(exc).__name__}: {describe_error(exc)}")
+    finally:
+        close_database()
     sys.exit(result if isinstance(result, int) else 0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import peewee
@@ -132,6 +132,14 @@ def reset_connection() -> None:
         conn = database._state.conn
         database._state.reset()
         del conn
+
+
+def close_database() -> None:
+    """Close this thread's connection, if any (best effort: the process may be exiting anyway)."""
+    database = database_proxy.obj
+    if database is not None and not database.is_closed():
+        with suppress(peewee.DatabaseError, peewee.InterfaceError):
+            database.close()
 
 
 @contextmanager
