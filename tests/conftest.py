@@ -18,7 +18,8 @@ from dfjob.models import ensure_schema
 SUPPORT_DIR = Path(__file__).parent / "support"
 POSTGRES_URL = os.environ.get("DFJOB_TEST_POSTGRES_URL", "")
 REQUIRE_POSTGRES = os.environ.get("DFJOB_REQUIRE_POSTGRES") == "1"
-TEMPLATE = "dfjob_test_template"
+# One template per test session, so sessions running side by side do not drop each other's.
+TEMPLATE = f"dfjob_test_template_{os.getpid()}"
 
 
 def _admin_execute(statement: str) -> None:
@@ -34,7 +35,7 @@ def _url_for(database: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_template() -> str:
+def postgres_template() -> Iterator[str]:
     """Create the template database once per session; skip (or fail in CI) without a server."""
     if not POSTGRES_URL:
         if REQUIRE_POSTGRES:
@@ -50,7 +51,8 @@ def postgres_template() -> str:
     db.connect(_url_for(TEMPLATE), ".")
     ensure_schema()
     db.database_proxy.obj.close()
-    return TEMPLATE
+    yield TEMPLATE
+    _admin_execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
