@@ -86,9 +86,15 @@ def load_callbacks(settings: Settings) -> None:
     _callbacks[:] = loaded
 
 
+WARNINGS = frozenset({DB_UNAVAILABLE})
+
+
 def emit(event: str, **payload: Any) -> None:
     """Log one lifecycle event and pass it to every monitoring callback."""
-    log.info(event, **payload)
+    if event in WARNINGS:
+        log.warning(event, **payload)
+    else:
+        log.info(event, **payload)
     for path, callback in _callbacks:
         try:
             callback(event, dict(payload))

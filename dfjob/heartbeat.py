@@ -1,9 +1,10 @@
 """The heartbeat: one pass that enqueues every enabled data flow whose schedule is due.
 
 Safe to run from any number of processes at once: on Postgres the due flows are locked with
-`FOR UPDATE` (in id order, so heartbeats cannot deadlock), on SQLite the pass is one `BEGIN IMMEDIATE` transaction; either way a
-flow's `next_run_at` moves forward in the same transaction that enqueues its job, so a second
-heartbeat no longer sees it as due. The one-active-job index backs this up.
+`FOR UPDATE` (in id order, so heartbeats cannot deadlock), on SQLite the pass is one
+`BEGIN IMMEDIATE` transaction; either way a flow's `next_run_at` moves forward in the same
+transaction that enqueues its job, so a second heartbeat no longer sees it as due.
+The one-active-job index backs this up.
 """
 
 from __future__ import annotations

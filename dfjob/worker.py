@@ -96,11 +96,6 @@ class Worker:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    @property
-    def wakeup_fd(self) -> int:
-        """Write a byte here (or pass it to `signal.set_wakeup_fd`) to wake the loop."""
-        return self._wake_w
-
     def request_stop(self, force: bool = False) -> None:
         """Stop claiming; with `force`, also interrupt running attempts. Safe in a signal handler."""
         if self._stopping:
@@ -417,9 +412,12 @@ class Worker:
         self._db_backoff = min(MAX_DB_BACKOFF, max(0.5, self._db_backoff * 2))
         events.emit(events.DB_UNAVAILABLE, error=describe_error(exc), retry_in=self._db_backoff, worker=self.name)
         reset_connection()
-        self._wait(self._db_backoff)
-        self._collect()
-        self._check_stop()
+        # Keep serving the runners (results, timeouts, a stop request) until the backoff is over.
+        deadline = time.monotonic() + self._db_backoff
+        while (remaining := deadline - time.monotonic()) > 0 and not self._force:
+            self._wait(min(remaining, self._idle_timeout()))
+            self._collect()
+            self._check_stop()
 
     def _spawn(self) -> Slot:
         to_child_r, to_child_w = os.pipe()

@@ -1,0 +1,82 @@
+"""Postgres under real concurrency: two worker processes share one queue, and concurrent triggers
+of one data flow race for its single active job. Each job runs exactly once; one trigger wins."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import DFJOB, Daemon, Dfjob, write_config
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+
+@pytest.fixture
+def pg_dfjob(postgres_url: str, tmp_path: Path) -> Iterator[Dfjob]:
+    """The `dfjob` command against a fresh Postgres database; daemons are killed at the end."""
+    daemons: list[Daemon] = []
+    yield Dfjob(write_config(tmp_path, postgres_url, worker={"poll_interval": 0.1}), postgres_url, daemons)
+    for daemon in daemons:
+        daemon.kill_all()
+
+
+def test_two_burst_workers_run_each_of_500_jobs_exactly_once(pg_dfjob: Dfjob, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.txt"
+    names = [f"flow{index:03d}" for index in range(500)]
+    tables = [
+        f'[[flow]]\nname = "{name}"\nclass = "sample_flows:Ledger"\nevery = "1h"\n'
+        f'config = {{ key = "{name}", ledger = "{ledger}" }}\n'
+        for name in names
+    ]
+    flows_file = tmp_path / "flows.toml"
+    flows_file.write_text("\n".join(tables), encoding="utf-8")
+    assert pg_dfjob.json("flows", "import", str(flows_file)) == {"created": 500, "updated": 0}
+    # Every flow with `every` is due when added: one heartbeat enqueues them all.
+    assert pg_dfjob.json("heartbeat") == {"due": 500, "enqueued": 500, "skipped": 0}
+
+    workers = [pg_dfjob.start("worker", "--burst", name=f"worker{index}") for index in range(2)]
+
+    for worker in workers:
+        assert worker.wait(timeout=180) == 0, worker.stderr()[-3000:]
+    keys = Counter(line.split()[0] for line in ledger.read_text().splitlines())
+    assert keys == Counter(names), "every flow's key must appear exactly once"
+    jobs = pg_dfjob.db.jobs()
+    assert len(jobs) == 500
+    assert Counter(job["status"] for job in jobs) == {"succeeded": 500}
+    assert {job["attempts"] for job in jobs} == {1}
+    runs = pg_dfjob.db.runs()
+    assert len(runs) == 500
+    assert Counter(run["status"] for run in runs) == {"success": 500}
+    assert len({run["job_id"] for run in runs}) == 500
+    claimed_by = Counter(run["worker"] for run in runs)
+    assert len(claimed_by) == 2, f"both workers should have claimed jobs: {claimed_by}"
+
+
+def test_concurrent_triggers_of_one_flow_create_one_job(pg_dfjob: Dfjob) -> None:
+    flow_id = pg_dfjob.add_flow("once", "sample_flows:Succeed")
+    processes = [
+        subprocess.Popen(
+            [str(DFJOB), "--config", str(pg_dfjob.config), "trigger", "once", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=pg_dfjob.directory,
+        )
+        for _ in range(8)
+    ]
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        results.append(json.loads(out))
+
+    assert len({result["job_id"] for result in results}) == 1, results
+    assert [result["deduplicated"] for result in results].count(False) == 1, results
+    assert {result["data_flow_id"] for result in results} == {flow_id}
+    jobs = pg_dfjob.db.rows("SELECT id, status FROM jobs WHERE data_flow_id = ?", (flow_id,))
+    assert jobs == [{"id": results[0]["job_id"], "status": "queued"}]
