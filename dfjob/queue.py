@@ -26,7 +26,7 @@ import random
 import socket
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -229,22 +229,41 @@ def enqueue_many(flows: Sequence[tuple[int, str, int, int]], now: datetime) -> d
     return created
 
 
+_CLAIM_PICK = (
+    "SELECT id FROM jobs WHERE status = 'queued' AND queue IN ({queues}) AND run_at <= ?"
+    " ORDER BY priority, run_at, id LIMIT ?"
+)
+_CLAIM_SET = "SET status = 'running', attempts = attempts + 1, locked_by = ?, lease_token = ?, lease_expires_at = ?"
+
+
 def claim_sql(postgres: bool, queue_count: int) -> str:
-    """The claim statement, with `?` placeholders. Its parameters, in order: on Postgres
-    `*queues, now, limit, worker, token, expires`; on SQLite `worker, token, expires, *queues, now, limit`."""
-    pick = (
-        f"SELECT id FROM jobs WHERE status = 'queued' AND queue IN ({_marks(queue_count)}) AND run_at <= ?"
-        " ORDER BY priority, run_at, id LIMIT ?"
-    )
-    setter = "SET status = 'running', attempts = attempts + 1, locked_by = ?, lease_token = ?, lease_expires_at = ?"
-    returning = "RETURNING jobs.id, jobs.data_flow_id, jobs.queue, jobs.attempts, jobs.max_attempts, jobs.params"
-    if postgres:
-        # MATERIALIZED: the locking subquery runs exactly once.
+    """The claim statement, with `?` placeholders.
+
+    On Postgres it is the whole claim in one statement (one round trip): lock and update the
+    jobs, create their pending runs, and return them joined with their flows. Parameters:
+    `*queues, now, limit, worker, token, expires, worker, now`.
+    On SQLite it is the UPDATE alone (`claim` adds the rest in the same transaction). Parameters:
+    `worker, token, expires, *queues, now, limit`.
+    """
+    pick = _CLAIM_PICK.format(queues=_marks(queue_count))
+    if not postgres:
         return (
-            f"WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) UPDATE jobs {setter} FROM picked"
-            f" WHERE jobs.id = picked.id {returning}"
+            f"UPDATE jobs {_CLAIM_SET} WHERE id IN ({pick})"
+            " RETURNING id, data_flow_id, queue, attempts, max_attempts, params"
         )
-    return f"UPDATE jobs {setter} WHERE id IN ({pick}) {returning}"
+    # MATERIALIZED: the locking subquery runs exactly once.
+    return (
+        f"WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED),"
+        f" claimed AS (UPDATE jobs {_CLAIM_SET} FROM picked WHERE jobs.id = picked.id"
+        "  RETURNING jobs.id, jobs.data_flow_id, jobs.queue, jobs.attempts, jobs.max_attempts, jobs.params),"
+        " runs AS (INSERT INTO data_flow_runs (data_flow_id, job_id, attempt, status, queue, worker, created_at)"
+        "  SELECT data_flow_id, id, attempts, 'pending', queue, ?, CAST(? AS timestamp) FROM claimed"
+        "  RETURNING id, job_id)"
+        " SELECT c.id, c.data_flow_id, c.queue, c.attempts, c.max_attempts, c.params,"
+        "  f.name, f.class_path, f.configuration, f.timeout_seconds, r.id"
+        " FROM claimed c JOIN data_flows f ON f.id = c.data_flow_id JOIN runs r ON r.job_id = c.id"
+        " ORDER BY c.id"
+    )
 
 
 def claim(worker: str, queues: Sequence[str], limit: int, now: datetime, lease_seconds: float) -> list[Claimed]:
@@ -252,19 +271,45 @@ def claim(worker: str, queues: Sequence[str], limit: int, now: datetime, lease_s
     token = uuid.uuid4().hex
     stamp = to_db_time(now)
     expires = to_db_time(now + timedelta(seconds=lease_seconds))
-    postgres = is_postgres()
-    sql = claim_sql(postgres, len(queues))
-    if postgres:
-        params = [*queues, stamp, limit, worker, token, expires]
+    if is_postgres():
+        sql = claim_sql(True, len(queues))
+        rows = _execute(sql, [*queues, stamp, limit, worker, token, expires, worker, stamp]).fetchall()
     else:
-        params = [worker, token, expires, *queues, stamp, limit]
+        rows = _claim_sqlite(worker, token, expires, queues, stamp, limit)
+    return [
+        Claimed(
+            job_id=job_id,
+            run_id=run_id,
+            data_flow_id=flow_id,
+            data_flow_name=name,
+            class_path=class_path,
+            configuration=json.loads(configuration),
+            params=json.loads(params),
+            queue=queue,
+            attempt=attempts,
+            max_attempts=max_attempts,
+            timeout_seconds=timeout_seconds,
+            lease_token=token,
+            worker=worker,
+        )
+        for (
+            job_id, flow_id, queue, attempts, max_attempts, params, name, class_path, configuration,
+            timeout_seconds, run_id,
+        ) in rows
+    ]  # fmt: skip
+
+
+def _claim_sqlite(
+    worker: str, token: str, expires: str | None, queues: Sequence[str], stamp: str | None, limit: int
+) -> list[tuple[Any, ...]]:
+    """SQLite's claim: the same rows as the Postgres statement, in one BEGIN IMMEDIATE transaction."""
     with write_transaction():
-        jobs = _execute(sql, params).fetchall()
+        jobs = _execute(claim_sql(False, len(queues)), [worker, token, expires, *queues, stamp, limit]).fetchall()
         if not jobs:
             return []
         flow_ids = sorted({row[1] for row in jobs})
         flows = {
-            row[0]: row
+            row[0]: row[1:]
             for row in _execute(
                 "SELECT id, name, class_path, configuration, timeout_seconds FROM data_flows"
                 f" WHERE id IN ({_marks(len(flow_ids))})",
@@ -281,38 +326,17 @@ def claim(worker: str, queues: Sequence[str], limit: int, now: datetime, lease_s
             run_params,
         ).fetchall()
     run_ids = {row[0]: row[1] for row in runs}
-    claimed = []
-    for job_id, flow_id, queue, attempts, max_attempts, params_text in sorted(jobs, key=lambda row: row[0]):
-        flow = flows[flow_id]
-        claimed.append(
-            Claimed(
-                job_id=job_id,
-                run_id=run_ids[job_id],
-                data_flow_id=flow_id,
-                data_flow_name=flow[1],
-                class_path=flow[2],
-                configuration=json.loads(flow[3]),
-                params=json.loads(params_text),
-                queue=queue,
-                attempt=attempts,
-                max_attempts=max_attempts,
-                timeout_seconds=flow[4],
-                lease_token=token,
-                worker=worker,
-            )
-        )
-    return claimed
+    return sorted((*job, *flows[job[1]], run_ids[job[0]]) for job in jobs)
 
 
 def mark_started(run_ids: Sequence[int], now: datetime) -> None:
-    """Runs go `in_progress`; `started_at` is now, just before `run()`."""
+    """Runs go `in_progress`; `started_at` is now, just before `run()`. One statement, committed alone."""
     if run_ids:
-        with write_transaction():
-            _execute(
-                "UPDATE data_flow_runs SET status = 'in_progress', started_at = ?"
-                f" WHERE id IN ({_marks(len(run_ids))}) AND status = 'pending'",
-                [to_db_time(now), *run_ids],
-            )
+        _execute(
+            "UPDATE data_flow_runs SET status = 'in_progress', started_at = ?"
+            f" WHERE id IN ({_marks(len(run_ids))}) AND status = 'pending'",
+            [to_db_time(now), *run_ids],
+        )
 
 
 def renew_leases(worker: str, job_ids: Sequence[int], now: datetime, lease_seconds: float) -> set[int]:
@@ -320,70 +344,102 @@ def renew_leases(worker: str, job_ids: Sequence[int], now: datetime, lease_secon
     if not job_ids:
         return set()
     expires = to_db_time(now + timedelta(seconds=lease_seconds))
-    with write_transaction():
-        rows = _execute(
-            f"UPDATE jobs SET lease_expires_at = ? WHERE id IN ({_marks(len(job_ids))})"
-            " AND locked_by = ? AND status = 'running' RETURNING id",
-            [expires, *job_ids, worker],
-        ).fetchall()
+    rows = _execute(
+        f"UPDATE jobs SET lease_expires_at = ? WHERE id IN ({_marks(len(job_ids))})"
+        " AND locked_by = ? AND status = 'running' RETURNING id",
+        [expires, *job_ids, worker],
+    ).fetchall()
     return {row[0] for row in rows}
 
 
+# One row per outcome, shared by the three statements that record a batch of outcomes.
+_FINISH_COLUMNS = (
+    "id, token, run_id, flow_id, job_status, run_at, finished_at, last_error,"
+    " run_status, ended_at, duration_ms, result, error_message, error_backtrace"
+)
+_FINISH_ROW = "(" + ", ".join("?" * 14) + ")"
+
+
+def _finish_statements(postgres: bool, count: int) -> tuple[str, ...]:
+    """The set-based statements that record `count` outcomes: jobs (fenced by lease token), runs, flows."""
+    ts = "CAST({} AS timestamp)" if postgres else "{}"
+    values = f"v({_FINISH_COLUMNS}) AS (VALUES {', '.join([_FINISH_ROW] * count)})"
+    jobs = (
+        f"UPDATE jobs SET status = v.job_status, run_at = COALESCE({ts.format('v.run_at')}, jobs.run_at),"
+        f" finished_at = {ts.format('v.finished_at')}, last_error = v.last_error,"
+        " locked_by = NULL, lease_token = NULL, lease_expires_at = NULL"
+        " FROM v WHERE jobs.id = v.id AND jobs.lease_token = v.token AND jobs.status = 'running'"
+        " RETURNING jobs.id"
+    )
+    runs = (
+        f"UPDATE data_flow_runs SET status = v.run_status, ended_at = {ts.format('v.ended_at')},"
+        " duration_ms = v.duration_ms, result = v.result, error_message = v.error_message,"
+        " error_backtrace = v.error_backtrace FROM v{join} WHERE data_flow_runs.id = v.run_id"
+    )
+    flows = "UPDATE data_flows SET last_run_status = v.run_status FROM v{join} WHERE data_flows.id = v.flow_id"
+    if postgres:
+        # One statement, one round trip: runs and flows change only where the fenced jobs update did.
+        join = " JOIN j ON j.id = v.id"
+        return (
+            f"WITH {values}, j AS ({jobs}), r AS ({runs.format(join=join)}), f AS ({flows.format(join=join)})"
+            " SELECT id FROM j",
+        )
+    # SQLite: three statements in one transaction; the caller drops stale rows before the last two.
+    return (f"WITH {values} {jobs}", f"WITH {values} {runs.format(join='')}", f"WITH {values} {flows.format(join='')}")
+
+
 def finish(outcomes: Sequence[Outcome], retry: RetrySettings) -> list[Finished]:
-    """Record each attempt's outcome and move its job on, in one transaction."""
-    finished = []
-    with write_transaction():
-        for outcome in outcomes:
-            finished.append(_finish_one(outcome, retry))
-    return finished
+    """Record a batch of attempts' outcomes and move their jobs on, in one transaction.
+
+    A job is `succeeded`, back to `queued` (retry, after the backoff; at once when interrupted) or
+    `failed` (attempts used up, or Discard). Every job write is fenced by its lease token: an
+    outcome whose lease was taken back changes nothing and comes back `stale`.
+    """
+    if not outcomes:
+        return []
+    planned = [_plan(outcome, retry) for outcome in outcomes]
+    postgres = is_postgres()
+    rows = [row for _, row in planned]
+    if postgres:
+        [statement] = _finish_statements(True, len(rows))
+        changed = {row[0] for row in _execute(statement, [value for row in rows for value in row]).fetchall()}
+    else:
+        with write_transaction():
+            jobs_sql, _, _ = _finish_statements(False, len(rows))
+            changed = {row[0] for row in _execute(jobs_sql, [value for row in rows for value in row]).fetchall()}
+            fresh = [row for row in rows if row[0] in changed]
+            if fresh:
+                _, runs_sql, flows_sql = _finish_statements(False, len(fresh))
+                flat = [value for row in fresh for value in row]
+                _execute(runs_sql, flat)
+                _execute(flows_sql, flat)
+    return [
+        finished if finished.outcome.job.job_id in changed else replace(finished, job_status="lost", stale=True)
+        for finished, _ in planned
+    ]
 
 
-def _finish_one(outcome: Outcome, retry: RetrySettings) -> Finished:
+def _plan(outcome: Outcome, retry: RetrySettings) -> tuple[Finished, tuple[Any, ...]]:
+    """Decide what an outcome does to its job, and the row `finish` writes for it."""
     job = outcome.job
     ended = to_db_time(outcome.ended_at)
     duration_ms = max(0, int((outcome.ended_at - outcome.started_at).total_seconds() * 1000))
     error = _error_line(outcome.error_message) if outcome.error_message else None
-    fence = "WHERE id = ? AND lease_token = ? AND status = 'running'"
-    release = "locked_by = NULL, lease_token = NULL, lease_expires_at = NULL"
+    run_at = finished_at = None
     if outcome.status == "success":
-        job_status, will_retry = "succeeded", False
-        changed = _execute(
-            f"UPDATE jobs SET status = 'succeeded', finished_at = ?, last_error = NULL, {release} {fence}",
-            (ended, job.job_id, job.lease_token),
-        ).rowcount
+        job_status, will_retry, finished_at = "succeeded", False, ended
+    elif outcome.retry == "now" or (outcome.retry == "normal" and job.attempt < job.max_attempts):
+        job_status, will_retry = "queued", True
+        delay = 0.0 if outcome.retry == "now" else retry_delay(job.attempt, retry)
+        run_at = to_db_time(outcome.ended_at + timedelta(seconds=delay))
     else:
-        will_retry = outcome.retry == "now" or (outcome.retry == "normal" and job.attempt < job.max_attempts)
-        if will_retry:
-            job_status = "queued"
-            delay = 0.0 if outcome.retry == "now" else retry_delay(job.attempt, retry)
-            run_at = to_db_time(outcome.ended_at + timedelta(seconds=delay))
-            changed = _execute(
-                f"UPDATE jobs SET status = 'queued', run_at = ?, last_error = ?, {release} {fence}",
-                (run_at, error, job.job_id, job.lease_token),
-            ).rowcount
-        else:
-            job_status = "failed"
-            changed = _execute(
-                f"UPDATE jobs SET status = 'failed', finished_at = ?, last_error = ?, {release} {fence}",
-                (ended, error, job.job_id, job.lease_token),
-            ).rowcount
-    if changed != 1:
-        return Finished(outcome, job_status="lost", will_retry=False, duration_ms=duration_ms, stale=True)
-    _execute(
-        "UPDATE data_flow_runs SET status = ?, ended_at = ?, duration_ms = ?, result = ?, error_message = ?,"
-        " error_backtrace = ? WHERE id = ?",
-        (
-            outcome.status,
-            ended,
-            duration_ms,
-            None if outcome.result is None else _json(outcome.result),
-            error,
-            outcome.error_backtrace,
-            job.run_id,
-        ),
-    )
-    _execute("UPDATE data_flows SET last_run_status = ? WHERE id = ?", (outcome.status, job.data_flow_id))
-    return Finished(outcome, job_status=job_status, will_retry=will_retry, duration_ms=duration_ms)
+        job_status, will_retry, finished_at = "failed", False, ended
+    row = (
+        job.job_id, job.lease_token, job.run_id, job.data_flow_id, job_status, run_at, finished_at, error,
+        outcome.status, ended, duration_ms, None if outcome.result is None else _json(outcome.result),
+        error, outcome.error_backtrace,
+    )  # fmt: skip
+    return Finished(outcome, job_status=job_status, will_retry=will_retry, duration_ms=duration_ms), row
 
 
 def rescue_expired(now: datetime, retry: RetrySettings, limit: int = 100) -> list[Rescued]:

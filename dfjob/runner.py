@@ -14,7 +14,7 @@ import contextlib
 import ctypes
 import json
 import os
-import queue
+import select
 import signal
 import sys
 import threading
@@ -60,13 +60,18 @@ def _die_with_parent() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _read_jobs(inbox: Connection, jobs: queue.SimpleQueue[dict[str, Any]]) -> None:
-    """The pipe watchdog: forward jobs; when the supervisor is gone, stop at once."""
-    try:
-        while True:
-            jobs.put(json.loads(inbox.recv_bytes()))
-    except (EOFError, OSError):
-        os._exit(0)
+def _watch_supervisor(read_fd: int) -> None:
+    """The pipe watchdog: the moment the supervisor's end of the pipe closes, stop, even mid-run.
+
+    It asks poll() for no events at all, so it sleeps through jobs arriving (the main thread reads
+    those) and wakes only on hang-up, which poll() always reports.
+    """
+    watcher = select.poll()
+    watcher.register(read_fd, 0)
+    while True:
+        for _, mask in watcher.poll():
+            if mask & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                os._exit(0)
 
 
 def main(read_fd: int, write_fd: int) -> None:
@@ -79,11 +84,13 @@ def main(read_fd: int, write_fd: int) -> None:
     allowed = tuple(settings.get("allowed_modules", ()))
     inbox = Connection(read_fd, writable=False)
     outbox = Connection(write_fd, readable=False)
-    jobs: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-    threading.Thread(target=_read_jobs, args=(inbox, jobs), daemon=True).start()
+    threading.Thread(target=_watch_supervisor, args=(read_fd,), daemon=True).start()
     outbox.send_bytes(b'{"ready": true}')  # imports done: timings of the first run stay honest
     while True:
-        job = jobs.get()
+        try:
+            job = json.loads(inbox.recv_bytes())
+        except (EOFError, OSError):
+            os._exit(0)
         outcome = run_attempt(job, allowed)
         outcome["run_id"] = job["run_id"]
         outbox.send_bytes(json.dumps(outcome).encode())

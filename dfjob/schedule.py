@@ -10,13 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-
-from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.combining import OrTrigger
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
+from typing import TYPE_CHECKING
 
 from dfjob.errors import DfjobError
+
+if TYPE_CHECKING:
+    # Imported where used: runner processes check durations through `config` but never need cron.
+    from apscheduler.triggers.base import BaseTrigger
+    from apscheduler.triggers.cron import CronTrigger
 
 _DURATION = re.compile(r"([0-9]+)([smhd])")  # not \d: that also matches non-ASCII digits
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -78,6 +79,9 @@ def parse_cron(expression: str) -> BaseTrigger:
     Read as crontab reads it: weekday 0 and 7 are Sunday, and when both the day-of-month and the
     weekday field are restricted, a time matching either one fires (APScheduler 3 alone differs on both).
     """
+    from apscheduler.triggers.combining import OrTrigger
+    from apscheduler.triggers.cron import CronTrigger
+
     fields = expression.split()
     if len(fields) != 5:
         raise DfjobError(f"invalid cron expression {expression!r} (five fields: minute hour day month weekday)")
@@ -136,6 +140,8 @@ class Schedule:
         """
         if self.every_seconds is not None:
             start = previous or now
+            from apscheduler.triggers.interval import IntervalTrigger
+
             trigger = IntervalTrigger(seconds=self.every_seconds, start_date=start, timezone=UTC)
         elif self.cron is not None:
             trigger = parse_cron(self.cron)
