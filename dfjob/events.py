@@ -30,7 +30,9 @@ CALLBACK_FAILED = "monitoring.callback_failed"
 Callback = Callable[[str, dict[str, Any]], Any]
 
 _callbacks: list[tuple[str, Callback]] = []
-log = structlog.get_logger("dfjob")
+# Replaced by a concrete logger in `configure_logging`: a lazy proxy would rebuild itself on
+# every event, and the worker logs two per job.
+log: Any = structlog.get_logger("dfjob")
 
 
 def resolved_format(log_format: str) -> str:
@@ -50,7 +52,6 @@ def configure_logging(log_format: str, level: str) -> None:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
@@ -60,10 +61,20 @@ def configure_logging(log_format: str, level: str) -> None:
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    global log
+    log = structlog.get_logger("dfjob").bind()
     # Libraries (APScheduler) log through the standard library: send those lines the same way.
     root = logging.getLogger()
     root.handlers[:] = [_StructlogHandler()]
     root.setLevel(logging.WARNING)
+
+
+def reset_logging() -> None:
+    """Back to structlog's defaults (tests: the stream a logger holds may be about to close)."""
+    global log
+    structlog.reset_defaults()
+    log = structlog.get_logger("dfjob")
+    logging.getLogger().handlers[:] = []
 
 
 class _StructlogHandler(logging.Handler):

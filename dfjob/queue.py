@@ -124,6 +124,14 @@ def _marks(count: int) -> str:
     return ", ".join("?" * count)
 
 
+def _in(column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+    """`column IN (…)` with its parameters. On Postgres one array parameter, so the statement's
+    text does not change with the number of values and psycopg can prepare it once."""
+    if is_postgres():
+        return f"{column} = ANY(?)", [list(values)]
+    return f"{column} IN ({_marks(len(values))})", list(values)
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
@@ -332,10 +340,10 @@ def _claim_sqlite(
 def mark_started(run_ids: Sequence[int], now: datetime) -> None:
     """Runs go `in_progress`; `started_at` is now, just before `run()`. One statement, committed alone."""
     if run_ids:
+        where, params = _in("id", run_ids)
         _execute(
-            "UPDATE data_flow_runs SET status = 'in_progress', started_at = ?"
-            f" WHERE id IN ({_marks(len(run_ids))}) AND status = 'pending'",
-            [to_db_time(now), *run_ids],
+            f"UPDATE data_flow_runs SET status = 'in_progress', started_at = ? WHERE {where} AND status = 'pending'",
+            [to_db_time(now), *params],
         )
 
 
@@ -344,48 +352,53 @@ def renew_leases(worker: str, job_ids: Sequence[int], now: datetime, lease_secon
     if not job_ids:
         return set()
     expires = to_db_time(now + timedelta(seconds=lease_seconds))
+    where, params = _in("id", job_ids)
     rows = _execute(
-        f"UPDATE jobs SET lease_expires_at = ? WHERE id IN ({_marks(len(job_ids))})"
-        " AND locked_by = ? AND status = 'running' RETURNING id",
-        [expires, *job_ids, worker],
+        f"UPDATE jobs SET lease_expires_at = ? WHERE {where} AND locked_by = ? AND status = 'running' RETURNING id",
+        [expires, *params, worker],
     ).fetchall()
     return {row[0] for row in rows}
 
 
-# One row per outcome, shared by the three statements that record a batch of outcomes.
+# One row per outcome, shared by the statements that record a batch of outcomes.
 _FINISH_COLUMNS = (
     "id, token, run_id, flow_id, job_status, run_at, finished_at, last_error,"
     " run_status, ended_at, duration_ms, result, error_message, error_backtrace"
 )
-_FINISH_ROW = "(" + ", ".join("?" * 14) + ")"
+# Postgres receives the rows as one array per column: a statement whose text never changes.
+_FINISH_ARRAYS = (
+    "bigint[]", "text[]", "bigint[]", "bigint[]", "text[]", "timestamp[]", "timestamp[]", "text[]",
+    "text[]", "timestamp[]", "integer[]", "text[]", "text[]", "text[]",
+)  # fmt: skip
 
 
 def _finish_statements(postgres: bool, count: int) -> tuple[str, ...]:
     """The set-based statements that record `count` outcomes: jobs (fenced by lease token), runs, flows."""
-    ts = "CAST({} AS timestamp)" if postgres else "{}"
-    values = f"v({_FINISH_COLUMNS}) AS (VALUES {', '.join([_FINISH_ROW] * count)})"
     jobs = (
-        f"UPDATE jobs SET status = v.job_status, run_at = COALESCE({ts.format('v.run_at')}, jobs.run_at),"
-        f" finished_at = {ts.format('v.finished_at')}, last_error = v.last_error,"
+        "UPDATE jobs SET status = v.job_status, run_at = COALESCE(v.run_at, jobs.run_at),"
+        " finished_at = v.finished_at, last_error = v.last_error,"
         " locked_by = NULL, lease_token = NULL, lease_expires_at = NULL"
         " FROM v WHERE jobs.id = v.id AND jobs.lease_token = v.token AND jobs.status = 'running'"
         " RETURNING jobs.id"
     )
     runs = (
-        f"UPDATE data_flow_runs SET status = v.run_status, ended_at = {ts.format('v.ended_at')},"
+        "UPDATE data_flow_runs SET status = v.run_status, ended_at = v.ended_at,"
         " duration_ms = v.duration_ms, result = v.result, error_message = v.error_message,"
         " error_backtrace = v.error_backtrace FROM v{join} WHERE data_flow_runs.id = v.run_id"
     )
     flows = "UPDATE data_flows SET last_run_status = v.run_status FROM v{join} WHERE data_flows.id = v.flow_id"
     if postgres:
         # One statement, one round trip: runs and flows change only where the fenced jobs update did.
+        arrays = ", ".join(f"CAST(? AS {kind})" for kind in _FINISH_ARRAYS)
         join = " JOIN j ON j.id = v.id"
         return (
-            f"WITH {values}, j AS ({jobs}), r AS ({runs.format(join=join)}), f AS ({flows.format(join=join)})"
-            " SELECT id FROM j",
+            f"WITH v AS (SELECT * FROM unnest({arrays}) AS v({_FINISH_COLUMNS})),"
+            f" j AS ({jobs}), r AS ({runs.format(join=join)}), f AS ({flows.format(join=join)}) SELECT id FROM j",
         )
     # SQLite: three statements in one transaction; the caller drops stale rows before the last two.
-    return (f"WITH {values} {jobs}", f"WITH {values} {runs.format(join='')}", f"WITH {values} {flows.format(join='')}")
+    row = "(" + ", ".join("?" * len(_FINISH_ARRAYS)) + ")"
+    values = f"WITH v({_FINISH_COLUMNS}) AS (VALUES {', '.join([row] * count)})"
+    return f"{values} {jobs}", f"{values} {runs.format(join='')}", f"{values} {flows.format(join='')}"
 
 
 def finish(outcomes: Sequence[Outcome], retry: RetrySettings) -> list[Finished]:
@@ -402,7 +415,8 @@ def finish(outcomes: Sequence[Outcome], retry: RetrySettings) -> list[Finished]:
     rows = [row for _, row in planned]
     if postgres:
         [statement] = _finish_statements(True, len(rows))
-        changed = {row[0] for row in _execute(statement, [value for row in rows for value in row]).fetchall()}
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        changed = {row[0] for row in _execute(statement, columns).fetchall()}
     else:
         with write_transaction():
             jobs_sql, _, _ = _finish_statements(False, len(rows))

@@ -117,10 +117,11 @@ def database(settings: Settings) -> Iterator[Settings]:
 
 @pytest.fixture(autouse=True)
 def _reset_process_state() -> Iterator[None]:
-    """Each test starts with real time, no callbacks and JSON logs."""
+    """Each test leaves real time, no callbacks and default logging behind."""
     yield
     clock.travel(0)
     events._callbacks.clear()
+    events.reset_logging()
 
 
 @pytest.fixture
