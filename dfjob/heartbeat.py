@@ -9,14 +9,12 @@ The one-active-job index backs this up.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
 from dfjob import clock, events, queue
 from dfjob.config import Settings
-from dfjob.db import is_postgres, write_transaction
-from dfjob.models import DataFlow
+from dfjob.db import write_transaction
 from dfjob.schedule import Schedule
 
 
@@ -41,43 +39,38 @@ def heartbeat(settings: Settings, now: datetime | None = None) -> HeartbeatResul
             will_retry=rescued.will_retry,
         )
     with write_transaction():
-        query = DataFlow.select(
-            DataFlow.id,
-            DataFlow.name,
-            DataFlow.queue,
-            DataFlow.priority,
-            DataFlow.max_attempts,
-            DataFlow.every_seconds,
-            DataFlow.cron,
-            DataFlow.next_run_at,
-        ).where(DataFlow.enabled == True, DataFlow.next_run_at <= now)  # noqa: E712 (SQL, not Python)
-        if is_postgres():
-            # Not SKIP LOCKED: a flow row is also locked briefly when its job finishes, and a
-            # skipped flow would wait a whole heartbeat. A second heartbeat waits here instead,
-            # then re-checks `next_run_at <= now` on the moved row and leaves it alone.
-            query = query.order_by(DataFlow.id).for_update()
-        due = list(query)
-        next_times: dict[datetime | None, list[int]] = defaultdict(list)
-        for flow in due:
-            schedule = Schedule(every_seconds=flow.every_seconds, cron=flow.cron)
-            next_times[schedule.next_after(now, previous=flow.next_run_at)].append(flow.id)
-        for next_run_at, ids in next_times.items():
-            for start in range(0, len(ids), 500):
-                DataFlow.update(next_run_at=next_run_at).where(DataFlow.id.in_(ids[start : start + 500])).execute()
+        due = queue.lock_due_flows(now)
+        next_times = _next_times(due, now)
         created = queue.enqueue_many(
-            [(f.id, f.queue, f.priority, f.max_attempts or settings.retry.max_attempts) for f in due], now
-        )
+            [(flow_id, flow_queue, priority, max_attempts or settings.retry.max_attempts)
+             for flow_id, _, flow_queue, priority, max_attempts, _, _, _ in due],
+            now,
+        )  # fmt: skip
+        queue.advance_flows(next_times, created, now)
     if created:
         queue.wake_after_commit()
-    for flow in due:
-        if flow.id in created:
+    for flow_id, name, flow_queue, *_ in due:
+        if flow_id in created:
             events.emit(
                 events.JOB_ENQUEUED,
-                job_id=created[flow.id],
-                data_flow_id=flow.id,
-                data_flow_name=flow.name,
-                queue=flow.queue,
+                job_id=created[flow_id],
+                data_flow_id=flow_id,
+                data_flow_name=name,
+                queue=flow_queue,
             )
     result = HeartbeatResult(due=len(due), enqueued=len(created), skipped=len(due) - len(created))
     events.emit(events.HEARTBEAT_FINISHED, due=result.due, enqueued=result.enqueued, skipped=result.skipped)
     return result
+
+
+def _next_times(due: list[queue.DueFlow], now: datetime) -> list[tuple[int, datetime | None]]:
+    """Each due flow's next fire time after now; flows on the same schedule share one computation."""
+    computed: dict[tuple[int | None, str | None, datetime | None], datetime | None] = {}
+    times = []
+    for flow_id, _, _, _, _, every_seconds, cron, next_run_at in due:
+        # An interval keeps its cadence from the slot just served; a cron time depends on now only.
+        key = (every_seconds, cron, next_run_at if every_seconds is not None else None)
+        if key not in computed:
+            computed[key] = Schedule(every_seconds=every_seconds, cron=cron).next_after(now, previous=next_run_at)
+        times.append((flow_id, computed[key]))
+    return times

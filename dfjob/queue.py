@@ -25,7 +25,7 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -201,40 +201,89 @@ def enqueue(
     raise DfjobError(f"could not enqueue data flow {data_flow_id}: its active job keeps changing")
 
 
-def enqueue_many(flows: Sequence[tuple[int, str, int, int]], now: datetime) -> dict[int, int]:
-    """Enqueue one job for each (data_flow_id, queue, priority, max_attempts) in one statement.
+DueFlow = tuple[int, str, str, int, "int | None", "int | None", "str | None", datetime]
 
-    Flows that already have an active job are left alone. Must run inside the caller's write
-    transaction. Returns {data_flow_id: job_id} for the jobs created.
+
+def lock_due_flows(now: datetime) -> list[DueFlow]:
+    """Enabled flows whose `next_run_at` has come, locked until the caller's transaction ends:
+    (id, name, queue, priority, max_attempts, every_seconds, cron, next_run_at).
+
+    Postgres: plain `FOR UPDATE` in id order, not SKIP LOCKED: a flow row is also locked briefly
+    when its job finishes, and a skipped flow would wait a whole heartbeat. A second heartbeat
+    waits here instead, then re-checks `next_run_at <= now` on the moved row and leaves it alone.
     """
+    lock = " ORDER BY id FOR UPDATE" if is_postgres() else ""
+    rows = _execute(
+        "SELECT id, name, queue, priority, max_attempts, every_seconds, cron, next_run_at FROM data_flows"
+        f" WHERE enabled AND next_run_at <= ?{lock}",
+        (to_db_time(now),),
+    ).fetchall()
+    return [(*row[:7], from_db_time(row[7])) for row in rows]
+
+
+def enqueue_many(flows: Sequence[tuple[int, str, int, int]], now: datetime) -> dict[int, int]:
+    """Enqueue one job for each (data_flow_id, queue, priority, max_attempts), in as few statements
+    as the database allows. Flows that already have an active job are left alone. Runs inside the
+    caller's write transaction. Returns {data_flow_id: job_id} for the jobs created."""
     if not flows:
         return {}
-    created: dict[int, int] = {}
     stamp = to_db_time(now)
-    for start in range(0, len(flows), 500):
-        chunk = flows[start : start + 500]
-        values = ", ".join("(?, ?, ?, 'queued', 0, ?, 0, ?, '{}', ?)" for _ in chunk)
-        params: list[Any] = []
-        for flow_id, queue, priority, max_attempts in chunk:
-            params += [flow_id, queue, priority, max_attempts, stamp, stamp]
+    insert = (
+        "INSERT INTO jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues,"
+        " run_at, params, created_at)"
+    )
+    conflict = "ON CONFLICT DO NOTHING RETURNING data_flow_id, id"
+    created: dict[int, int] = {}
+    if is_postgres():
+        ids, queues, priorities, attempts = (list(column) for column in zip(*flows, strict=True))
         rows = _execute(
-            "INSERT INTO jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues,"
-            f" run_at, params, created_at) VALUES {values} ON CONFLICT DO NOTHING RETURNING data_flow_id, id",
-            params,
+            f"{insert} SELECT v.id, v.queue, v.priority, 'queued', 0, v.attempts, 0, CAST(? AS timestamp), '{{}}',"
+            " CAST(? AS timestamp) FROM unnest(CAST(? AS bigint[]), CAST(? AS text[]), CAST(? AS integer[]),"
+            f" CAST(? AS integer[])) AS v(id, queue, priority, attempts) {conflict}",
+            [stamp, stamp, ids, queues, priorities, attempts],
         ).fetchall()
-        created.update({row[0]: row[1] for row in rows})
-    if created:
-        ids = list(created)
-        for start in range(0, len(ids), 500):
-            chunk_ids = ids[start : start + 500]
-            _execute(
-                "UPDATE data_flows SET last_run_at = ?, last_run_status = 'in_progress'"
-                f" WHERE id IN ({_marks(len(chunk_ids))})",
-                [stamp, *chunk_ids],
-            )
-        for queue in {queue for flow_id, queue, _, _ in flows if flow_id in created}:
-            notify(queue)
+        created.update(rows)
+    else:
+        for start in range(0, len(flows), 500):
+            chunk = flows[start : start + 500]
+            values = ", ".join("(?, ?, ?, 'queued', 0, ?, 0, ?, '{}', ?)" for _ in chunk)
+            params: list[Any] = []
+            for flow_id, queue, priority, max_attempts in chunk:
+                params += [flow_id, queue, priority, max_attempts, stamp, stamp]
+            created.update(_execute(f"{insert} VALUES {values} {conflict}", params).fetchall())
+    for queue in {queue for flow_id, queue, _, _ in flows if flow_id in created}:
+        notify(queue)
     return created
+
+
+def advance_flows(next_times: Sequence[tuple[int, datetime | None]], enqueued: Collection[int], now: datetime) -> None:
+    """Move each flow's `next_run_at`; those that got a job are stamped like a trigger stamps them."""
+    if not next_times:
+        return
+    stamp = to_db_time(now)
+    setter = (
+        "SET next_run_at = v.next_run_at,"
+        " last_run_at = CASE WHEN v.enqueued = 1 THEN ? ELSE data_flows.last_run_at END,"
+        " last_run_status = CASE WHEN v.enqueued = 1 THEN 'in_progress' ELSE data_flows.last_run_status END"
+    )
+    rows = [(flow_id, to_db_time(next_run_at), int(flow_id in enqueued)) for flow_id, next_run_at in next_times]
+    if is_postgres():
+        ids, nexts, flags = (list(column) for column in zip(*rows, strict=True))
+        _execute(
+            f"UPDATE data_flows {setter.replace('?', 'CAST(? AS timestamp)')}"
+            " FROM unnest(CAST(? AS bigint[]), CAST(? AS timestamp[]), CAST(? AS integer[]))"
+            " AS v(id, next_run_at, enqueued) WHERE data_flows.id = v.id",
+            [stamp, ids, nexts, flags],
+        )
+        return
+    for start in range(0, len(rows), 300):
+        chunk = rows[start : start + 300]
+        values = ", ".join("(?, ?, ?)" for _ in chunk)
+        _execute(
+            f"WITH v(id, next_run_at, enqueued) AS (VALUES {values})"
+            f" UPDATE data_flows {setter} FROM v WHERE data_flows.id = v.id",
+            [*(value for row in chunk for value in row), stamp],
+        )
 
 
 _CLAIM_PICK = (

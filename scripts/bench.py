@@ -885,7 +885,7 @@ def claim_plan(env: Env) -> str:
     if not env.postgres:
         rows = env.sql("EXPLAIN QUERY PLAN " + sql, ("bench", "token", later, QUEUE, now, 8)).fetchall()
         return "; ".join(str(row[-1]) for row in rows)
-    rows = env.sql("EXPLAIN " + sql, (QUEUE, now, 8, "bench", "token", later)).fetchall()
+    rows = env.sql("EXPLAIN " + sql, (QUEUE, now, 8, "bench", "token", later, "bench", now)).fetchall()
     return "; ".join(" ".join(str(row[0]).split()) for row in rows if "Scan" in row[0] or "Sort" in row[0])
 
 
