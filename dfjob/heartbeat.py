@@ -15,6 +15,7 @@ from datetime import datetime
 from dfjob import clock, events, queue
 from dfjob.config import Settings
 from dfjob.db import write_transaction
+from dfjob.rescue import take_back_expired
 from dfjob.schedule import Schedule
 
 
@@ -28,16 +29,7 @@ class HeartbeatResult:
 def heartbeat(settings: Settings, now: datetime | None = None) -> HeartbeatResult:
     """Enqueue every due flow once, move each one's `next_run_at` past now, take back lost jobs."""
     now = now or clock.now()
-    for rescued in queue.rescue_expired(now, settings.retry):
-        events.emit(
-            events.JOB_RESCUED,
-            job_id=rescued.job_id,
-            run_id=rescued.run_id,
-            data_flow_id=rescued.data_flow_id,
-            data_flow_name=rescued.data_flow_name,
-            lost_worker=rescued.lost_worker,
-            will_retry=rescued.will_retry,
-        )
+    take_back_expired(now, settings.retry)
     with write_transaction():
         due = queue.lock_due_flows(now)
         next_times = _next_times(due, now)

@@ -26,6 +26,7 @@ from dfjob import clock, events, queue, wakeup
 from dfjob.config import Settings, resolve_path
 from dfjob.db import describe_error, is_connection_error, reset_connection
 from dfjob.queue import Claimed, Outcome
+from dfjob.rescue import take_back_expired
 from dfjob.runner import SETTINGS_ENV
 from dfjob.schedule import format_duration
 
@@ -258,17 +259,7 @@ class Worker:
                 # Someone took this job back: stop running it, write nothing about it.
                 events.log.warning("job.lease_lost", job_id=slot.job.job_id, worker=self.name)
                 self._replace(slot)
-        for rescued in queue.rescue_expired(now, self.settings.retry):
-            self.stats.rescued += 1
-            events.emit(
-                events.JOB_RESCUED,
-                job_id=rescued.job_id,
-                run_id=rescued.run_id,
-                data_flow_id=rescued.data_flow_id,
-                data_flow_name=rescued.data_flow_name,
-                lost_worker=rescued.lost_worker,
-                will_retry=rescued.will_retry,
-            )
+        self.stats.rescued += take_back_expired(now, self.settings.retry)
 
     def _idle_timeout(self) -> float:
         timeout = self.settings.worker.poll_interval

@@ -22,12 +22,13 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dfjob.models import from_db_time
 from tests.support.waiting import wait_for
 
 DFJOB = Path(sys.executable).parent / "dfjob"
@@ -222,12 +223,7 @@ class Daemon:
 
 def as_time(value: Any) -> datetime | None:
     """A stored time (SQLite text or a Postgres timestamp) as an aware UTC datetime."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return from_db_time(value)
 
 
 @dataclass
