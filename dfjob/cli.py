@@ -449,12 +449,14 @@ def jobs_retry(ctx: click.Context, job_id: str, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--older-than", metavar="DUR", help="Default: retention.finished_jobs.")
+@click.option("--status", "statuses", multiple=True, help="Only jobs that ended so: succeeded, failed or cancelled.")
 @json_option
-def prune(older_than: str | None, as_json: bool) -> None:
+def prune(older_than: str | None, statuses: tuple[str, ...], as_json: bool) -> None:
     """Delete finished jobs and their runs older than DUR."""
     settings = _app().open()
     seconds = parse_duration(older_than or settings.retention.finished_jobs)
-    jobs_deleted, runs_deleted = queue.prune(clock.now() - timedelta(seconds=seconds))
+    cutoff = clock.now() - timedelta(seconds=seconds)
+    jobs_deleted, runs_deleted = queue.prune(cutoff, statuses or queue.FINISHED)
     data = {"jobs": jobs_deleted, "runs": runs_deleted}
     _emit(as_json, data, lambda: f"Deleted {jobs_deleted} jobs and {runs_deleted} runs")
 

@@ -10,9 +10,10 @@ message could reach output or logs.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import peewee
 
@@ -31,16 +32,14 @@ CONNECT_TIMEOUT_SECONDS = 5
 _password: str | None = None
 
 
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?P<head>://[^/@:]*):[^/]*@")  # greedy: up to the last @ of the netloc
+
+
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by `***`."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """The URL with its password replaced by `***` (even when the rest of it is malformed)."""
+    url = _URL_PASSWORD.sub(r"\g<head>:***@", url, count=1)
+    return _QUERY_PASSWORD.sub(r"\g<1>***", url)
 
 
 def scrub(text: str) -> str:
@@ -60,6 +59,8 @@ def make_database(url: str, base_dir: str) -> peewee.Database:
     if scheme in ("postgresql", "postgres"):
         parts = urlsplit(url)
         _password = unquote(parts.password) if parts.password else None
+        if _password is None:
+            _password = parse_qs(parts.query).get("password", [None])[0]
         conninfo = "postgresql://" + url.split("://", 1)[1]
         return peewee.PostgresqlDatabase(
             conninfo, prefer_psycopg3=True, connect_timeout=CONNECT_TIMEOUT_SECONDS, autoconnect=True

@@ -604,17 +604,20 @@ def retry_job(job_id: int, now: datetime) -> None:
     wake_after_commit()
 
 
-def prune(older_than: datetime, batch: int = 1000) -> tuple[int, int]:
-    """Delete finished jobs (and their runs) that finished before `older_than`, in batches."""
+def prune(older_than: datetime, statuses: Sequence[str] = FINISHED, batch: int = 1000) -> tuple[int, int]:
+    """Delete finished jobs (and their runs) that finished before `older_than`, in batches of
+    `batch` jobs, each its own short transaction. Returns (jobs, runs) deleted."""
+    unknown = sorted(set(statuses) - set(FINISHED))
+    if unknown or not statuses:
+        raise DfjobError(f"prune takes finished statuses only ({', '.join(FINISHED)}), not {unknown[:1] or 'none'}")
     jobs_deleted = runs_deleted = 0
     while True:
         with write_transaction():
             ids = [
                 row[0]
                 for row in _execute(
-                    "SELECT id FROM jobs WHERE finished_at < ? AND status IN ('succeeded', 'failed', 'cancelled')"
-                    " LIMIT ?",
-                    (to_db_time(older_than), batch),
+                    f"SELECT id FROM jobs WHERE finished_at < ? AND status IN ({_marks(len(statuses))}) LIMIT ?",
+                    (to_db_time(older_than), *statuses, batch),
                 ).fetchall()
             ]
             if not ids:

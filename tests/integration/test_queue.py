@@ -500,6 +500,23 @@ def test_prune_deletes_only_finished_jobs_older_than_the_cutoff_with_their_runs(
     assert queue.prune(cutoff) == (0, 0)
 
 
+def test_prune_with_statuses_deletes_only_jobs_that_ended_so(database: Settings) -> None:
+    old = clock.now() - timedelta(days=40)
+    succeeded = _enqueue(_flow(database, "succeeded"), old)
+    queue.finish([_outcome(_claim_one(old), "success", old, old)], _retry())
+    failed = _enqueue(_flow(database, "failed"), old, max_attempts=1)
+    queue.finish([_outcome(_claim_one(old), "failed", old, old, error_message="x")], _retry())
+    cancelled = _enqueue(_flow(database, "cancelled"), old)
+    queue.cancel_job(cancelled, old)
+
+    assert queue.prune(clock.now(), ("failed", "cancelled")) == (2, 1)
+
+    assert {job.id for job in Job.select()} == {succeeded}
+    assert failed not in {run.job_id for run in DataFlowRun.select()}
+    with pytest.raises(DfjobError):
+        queue.prune(clock.now(), ("queued",))
+
+
 # -- retry delay -------------------------------------------------------------------------------------
 
 
