@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from click.testing import CliRunner
 
 import dfjob
 from dfjob import clock, db, queue
 from dfjob.cli import cli, main
 from dfjob.config import RetrySettings
+from dfjob.db import close_database
 from dfjob.models import ensure_schema
 from dfjob.registry import FlowSpec, add_flow
 from dfjob.trigger import trigger_run
@@ -133,21 +132,7 @@ def finish_jobs(db_path: Path, flow_id: int, count: int, status: str = "success"
     return job_ids
 
 
-def close_database() -> None:
-    database = db.database_proxy.obj
-    if database is not None and not database.is_closed():
-        database.close()
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    monkeypatch.delenv("DFJOB_CONFIG", raising=False)
-    monkeypatch.delenv("DFJOB_DATABASE_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    yield
-    structlog.reset_defaults()  # it holds this test's stderr, which is about to close
-    close_database()
+pytestmark = pytest.mark.usefixtures("isolated_cli")
 
 
 @pytest.fixture

@@ -9,21 +9,17 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import sys
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from dfjob import db
-from dfjob.cli import main
 from tests.conftest import SUPPORT_DIR
+from tests.unit.conftest import run_main
 
 TABLES = ("data_flows", "jobs", "data_flow_runs")
 FLOW_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,127}")
@@ -141,18 +137,7 @@ class Cli:
         )
 
     def __call__(self, *args: str) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        try:
-            main(["--config", str(self.config), *args])
-        except SystemExit as exc:
-            code = 0 if exc.code is None else int(exc.code)
-        else:  # pragma: no cover (main always exits)
-            code = 0
-        database = db.database_proxy.obj
-        if database is not None and not database.is_closed():
-            database.close()
-        out, err = self.capsys.readouterr()
-        return code, out, err
+        return run_main(self.capsys, "--config", str(self.config), *args)
 
     def json(self, *args: str) -> Any:
         """`--json` output of a request that must succeed (the flag goes before any `--`)."""
@@ -178,14 +163,7 @@ class Cli:
         return lines[0]
 
 
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    monkeypatch.delenv("DFJOB_CONFIG", raising=False)
-    monkeypatch.delenv("DFJOB_DATABASE_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    yield
-    structlog.reset_defaults()  # it holds the captured stderr, which is about to close
+pytestmark = pytest.mark.usefixtures("isolated_cli")
 
 
 @pytest.fixture

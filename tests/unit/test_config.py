@@ -16,7 +16,6 @@ import pytest
 import structlog
 
 from dfjob import db
-from dfjob.cli import main
 from dfjob.config import (
     Settings,
     check_flow_name,
@@ -26,6 +25,7 @@ from dfjob.config import (
     resolve_path,
 )
 from dfjob.errors import DfjobError
+from tests.unit.conftest import run_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "config.example.toml"
@@ -58,18 +58,7 @@ def _config_with_url(folder: Path, url: str) -> Path:
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        code = 0 if exc.code is None else int(exc.code)
-    else:  # pragma: no cover (main always exits)
-        code = 0
-    database = db.database_proxy.obj
-    if database is not None and not database.is_closed():
-        database.close()
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(capsys, *args)
 
 
 # -- lookup order ---------------------------------------------------------------------------------
