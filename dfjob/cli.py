@@ -395,7 +395,7 @@ def jobs(
 ) -> None:
     """The job table, newest first; `jobs cancel ID`, `jobs retry ID`."""
     if ctx.invoked_subcommand is not None:
-        ctx.obj.json = as_json
+        ctx.meta["dfjob.json"] = as_json  # `dfjob jobs --json cancel 5` prints JSON too
         return
     _app().open()
     if queue_name is not None:
@@ -431,7 +431,7 @@ def jobs_cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
     number = _job_id(job_id)
     queue.cancel_job(number, clock.now())
     data = history.get_job(number)
-    _emit(as_json or getattr(ctx.obj, "json", False), data, lambda: f"Cancelled job {number}")
+    _emit(as_json or ctx.meta.get("dfjob.json", False), data, lambda: f"Cancelled job {number}")
 
 
 @jobs.command("retry")
@@ -444,7 +444,7 @@ def jobs_retry(ctx: click.Context, job_id: str, as_json: bool) -> None:
     number = _job_id(job_id)
     queue.retry_job(number, clock.now())
     data = history.get_job(number)
-    _emit(as_json or getattr(ctx.obj, "json", False), data, lambda: f"Re-queued job {number}")
+    _emit(as_json or ctx.meta.get("dfjob.json", False), data, lambda: f"Re-queued job {number}")
 
 
 @cli.command()
