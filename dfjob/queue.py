@@ -141,11 +141,15 @@ def _error_line(message: str) -> str:
 
 
 def retry_delay(attempts: int, retry: RetrySettings) -> float:
-    """Seconds before the next attempt: initial × 2^(attempts−1), capped, with ±10% jitter."""
+    """Seconds before the next attempt: initial × 2^(attempts−1) plus up to 10% jitter, capped.
+
+    The jitter only adds, so a retry never comes before the configured delay; it spreads out
+    jobs that failed together (a database or an API that went away for all of them at once).
+    """
     if retry.backoff_initial <= 0:
         return 0.0
     base = retry.backoff_initial * 2.0 ** min(attempts - 1, 40)
-    return float(min(base * random.uniform(0.9, 1.1), retry.backoff_max))
+    return float(min(base * random.uniform(1.0, 1.1), retry.backoff_max))
 
 
 def notify(queue: str) -> None:

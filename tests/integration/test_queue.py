@@ -525,7 +525,7 @@ def test_retry_delay_doubles_within_jitter_bounds_and_is_capped(database: Settin
     for attempts in range(1, 8):
         base = 10 * 2 ** (attempts - 1)
         samples = [queue.retry_delay(attempts, retry) for _ in range(200)]
-        assert all(0.9 * base <= value <= 1.1 * base for value in samples), (attempts, min(samples), max(samples))
+        assert all(base <= value <= 1.1 * base for value in samples), (attempts, min(samples), max(samples))
         assert len(set(samples)) > 1  # jittered, so workers retrying together spread out
     assert {queue.retry_delay(attempts, retry) for attempts in (10, 50, 1000)} == {3600.0}
     assert queue.retry_delay(1, RetrySettings(backoff_initial=100, backoff_max=50)) == 50.0
