@@ -43,7 +43,7 @@ def run_attempt(job: dict[str, Any], allowed_modules: tuple[str, ...]) -> dict[s
         result = flow.run()
         if result is not None and not isinstance(result, dict):
             raise TypeError(f"run() must return a dict or None, not {type(result).__name__}")
-        json.dumps(result)
+        json.dumps(result, allow_nan=False)  # stored and printed as strict JSON
         return {"status": "success", "result": result}
     except BaseException as exc:  # noqa: BLE001 (the one place that catches everything: user code)
         return {

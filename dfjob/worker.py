@@ -25,12 +25,14 @@ from typing import Any
 from dfjob import clock, events, queue, wakeup
 from dfjob.config import Settings, resolve_path
 from dfjob.db import describe_error, is_connection_error, reset_connection
+from dfjob.errors import DfjobError
 from dfjob.queue import Claimed, Outcome
 from dfjob.rescue import take_back_expired
 from dfjob.runner import SETTINGS_ENV
 from dfjob.schedule import format_duration
 
 MAX_DB_BACKOFF = 30.0
+MAX_FAILED_STARTS = 5
 
 
 @dataclass
@@ -85,6 +87,7 @@ class Worker:
         self.stats = Stats()
         self._burst = False
         self._found_nothing = False
+        self._failed_starts = 0
         self._stopping = False
         self._force = False
         self._grace_deadline: float | None = None
@@ -301,6 +304,7 @@ class Worker:
                     continue
                 if reply.get("ready"):
                     slot.ready = True
+                    self._failed_starts = 0
                 elif slot.job is not None and reply.get("run_id") == slot.job.run_id:
                     self._record(slot, reply)
             elif slot.job and slot.deadline is not None and time.monotonic() >= slot.deadline:
@@ -326,13 +330,18 @@ class Worker:
 
     def _runner_died(self, slot: Slot) -> None:
         code = slot.process.wait()
+        reason = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        if not slot.ready:
+            # It died before it could run anything: respawning blindly would spin forever.
+            self._failed_starts += 1
+            if self._failed_starts >= MAX_FAILED_STARTS:
+                raise DfjobError(f"runner processes keep dying as they start ({reason}); see the log above")
         if slot.job is not None:
-            reason = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-            self._fail_slot(slot, f"runner process died: {reason}", retry="normal", already_dead=True)
+            self._fail_slot(slot, f"runner process died: {reason}", retry="normal")
         else:
             self._replace(slot)
 
-    def _fail_slot(self, slot: Slot, message: str, retry: str, already_dead: bool = False) -> None:
+    def _fail_slot(self, slot: Slot, message: str, retry: str) -> None:
         """End the slot's attempt as failed, and give the slot a fresh runner."""
         assert slot.job is not None
         assert slot.started_at is not None

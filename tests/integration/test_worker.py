@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from dfjob import clock, events
-from dfjob.config import RetrySettings, Settings
+from dfjob.config import LogSettings, RetrySettings, Settings
+from dfjob.errors import DfjobError
 from dfjob.models import DataFlow, DataFlowRun, Job
 from dfjob.registry import FlowSpec, add_flow
 from dfjob.trigger import trigger_run
@@ -98,6 +99,28 @@ def test_bad_result_and_system_exit_fail_the_run_but_the_worker_goes_on(database
     [exit_run] = _runs(exits)
     assert (exit_run.status, exit_run.error_message) == ("failed", "SystemExit: 3")
     assert (_job(bad).status, _job(exits).status, _job(after).status) == ("failed", "failed", "succeeded")
+
+
+def test_a_result_that_is_not_strict_json_fails_the_run(database: Settings) -> None:
+    job_id = _trigger(database, _flow(database, "nan", "NaNResult", max_attempts=1))
+
+    Worker(database).run(burst=True)
+
+    [run] = _runs(job_id)
+    assert (run.status, run.result) == ("failed", None)
+    assert (run.error_message or "").startswith("ValueError: Out of range float values")
+
+
+def test_runners_that_keep_dying_at_start_stop_the_worker_with_a_clear_error(database: Settings) -> None:
+    # An unknown log level makes every runner fail while it configures logging, before it is ready.
+    broken = replace(database, log=LogSettings(format="json", level="nonsense"))
+    job_id = _trigger(database, _flow(database, "never"))
+
+    with pytest.raises(DfjobError, match="runner processes keep dying as they start"):
+        Worker(broken).run(burst=True)
+
+    job = _job(job_id)
+    assert (job.status, job.attempts) == ("queued", 0)
 
 
 @pytest.mark.parametrize(

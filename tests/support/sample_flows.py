@@ -39,6 +39,13 @@ class BadResult(dfjob.Flow):
         return ["not", "a", "dict"]
 
 
+class NaNResult(dfjob.Flow):
+    """A result that json.dumps would write as invalid JSON (NaN)."""
+
+    def run(self) -> dict[str, Any]:
+        return {"ratio": float("nan")}
+
+
 class Exits(dfjob.Flow):
     """Calls sys.exit inside run(): must fail the run, not the runner."""
 
