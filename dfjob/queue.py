@@ -327,77 +327,146 @@ def claim_sql(postgres: bool, queue_count: int) -> str:
     )
 
 
+@dataclass(frozen=True)
+class ClaimRequest:
+    """What a worker asks for: up to `limit` due jobs from `queues`, leased for `lease_seconds`."""
+
+    worker: str
+    queues: Sequence[str]
+    limit: int
+    now: datetime
+    lease_seconds: float
+
+
 def claim(worker: str, queues: Sequence[str], limit: int, now: datetime, lease_seconds: float) -> list[Claimed]:
     """Claim up to `limit` due jobs from `queues`, creating each attempt's pending run."""
-    token = uuid.uuid4().hex
-    stamp = to_db_time(now)
-    expires = to_db_time(now + timedelta(seconds=lease_seconds))
-    if is_postgres():
-        sql = claim_sql(True, len(queues))
-        rows = _execute(sql, [*queues, stamp, limit, worker, token, expires, worker, stamp]).fetchall()
-    else:
-        rows = _claim_sqlite(worker, token, expires, queues, stamp, limit)
-    return [
-        Claimed(
-            job_id=job_id,
-            run_id=run_id,
-            data_flow_id=flow_id,
-            data_flow_name=name,
-            class_path=class_path,
-            configuration=json.loads(configuration),
-            params=json.loads(params),
-            queue=queue,
-            attempt=attempts,
-            max_attempts=max_attempts,
-            timeout_seconds=timeout_seconds,
-            lease_token=token,
-            worker=worker,
-        )
-        for (
-            job_id, flow_id, queue, attempts, max_attempts, params, name, class_path, configuration,
-            timeout_seconds, run_id,
-        ) in rows
-    ]  # fmt: skip
-
-
-def _claim_sqlite(
-    worker: str, token: str, expires: str | None, queues: Sequence[str], stamp: str | None, limit: int
-) -> list[tuple[Any, ...]]:
-    """SQLite's claim: the same rows as the Postgres statement, in one BEGIN IMMEDIATE transaction."""
-    with write_transaction():
-        jobs = _execute(claim_sql(False, len(queues)), [worker, token, expires, *queues, stamp, limit]).fetchall()
-        if not jobs:
-            return []
-        flow_ids = sorted({row[1] for row in jobs})
-        flows = {
-            row[0]: row[1:]
-            for row in _execute(
-                "SELECT id, name, class_path, configuration, timeout_seconds FROM data_flows"
-                f" WHERE id IN ({_marks(len(flow_ids))})",
-                flow_ids,
-            ).fetchall()
-        }
-        values = ", ".join("(?, ?, ?, 'pending', ?, ?, ?)" for _ in jobs)
-        run_params: list[Any] = []
-        for job_id, flow_id, queue, attempts, _, _ in jobs:
-            run_params += [flow_id, job_id, attempts, queue, worker, stamp]
-        runs = _execute(
-            "INSERT INTO data_flow_runs (data_flow_id, job_id, attempt, status, queue, worker, created_at)"
-            f" VALUES {values} RETURNING job_id, id",
-            run_params,
-        ).fetchall()
-    run_ids = {row[0]: row[1] for row in runs}
-    return sorted((*job, *flows[job[1]], run_ids[job[0]]) for job in jobs)
+    return settle([], [], ClaimRequest(worker, queues, limit, now, lease_seconds), RetrySettings())[1]
 
 
 def mark_started(run_ids: Sequence[int], now: datetime) -> None:
-    """Runs go `in_progress`; `started_at` is now, just before `run()`. One statement, committed alone."""
-    if run_ids:
-        where, params = _in("id", run_ids)
-        _execute(
-            f"UPDATE data_flow_runs SET status = 'in_progress', started_at = ? WHERE {where} AND status = 'pending'",
-            [to_db_time(now), *params],
-        )
+    """Runs go `in_progress`; `started_at` is `now`, stamped just before `run()`."""
+    settle([], [(run_ids, now)], None, RetrySettings())
+
+
+def settle(
+    outcomes: Sequence[Outcome],
+    starts: Sequence[tuple[Sequence[int], datetime]],
+    request: ClaimRequest | None,
+    retry: RetrySettings,
+) -> tuple[list[Finished], list[Claimed]]:
+    """One turn of a worker in one round trip (a Postgres pipeline) or one transaction (SQLite):
+    mark the runs that started, record the attempts that ended, then claim more jobs.
+
+    The order matters: a run's start is written before its end, so a run that started and ended
+    between two turns still gets its `started_at`.
+    """
+    planned = [_plan(outcome, retry) for outcome in outcomes]
+    rows = [row for _, row in planned]
+    token = uuid.uuid4().hex
+    if is_postgres():
+        statements = [_mark_started_statement(run_ids, stamp) for run_ids, stamp in starts if run_ids]
+        finish_at = claim_at = -1
+        if rows:
+            finish_at = len(statements)
+            statements.append((_finish_statements(True, len(rows))[0], [list(col) for col in zip(*rows, strict=True)]))
+        if request is not None:
+            claim_at = len(statements)
+            statements.append(_claim_statement(request, token))
+        results = _pipeline(statements)
+        changed = {row[0] for row in results[finish_at]} if finish_at >= 0 else set()
+        claimed = results[claim_at] if claim_at >= 0 else []
+    else:
+        with write_transaction():
+            for run_ids, stamp in starts:
+                if run_ids:
+                    _execute(*_mark_started_statement(run_ids, stamp))
+            changed = _finish_sqlite(rows) if rows else set()
+            claimed = _claim_sqlite(request, token) if request is not None else []
+    finished = [
+        item if item.outcome.job.job_id in changed else replace(item, job_status="lost", stale=True)
+        for item, _ in planned
+    ]
+    return finished, [_claimed(row, token, request.worker) for row in claimed] if request else []
+
+
+def _pipeline(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
+    """Postgres: send every statement at once and read all results after one sync."""
+    database = database_proxy.obj
+    # Driver errors become peewee's, as for every other statement (the stubs do not declare it).
+    with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
+        conn = database.connection()
+        with conn.pipeline():
+            cursors = [conn.cursor() for _ in statements]
+            for cursor, (sql, params) in zip(cursors, statements, strict=True):
+                cursor.execute(_dialect(sql, True), params)
+        return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
+
+
+def _mark_started_statement(run_ids: Sequence[int], stamp: datetime) -> tuple[str, list[Any]]:
+    where, params = _in("id", run_ids)
+    return (
+        f"UPDATE data_flow_runs SET status = 'in_progress', started_at = ? WHERE {where} AND status = 'pending'",
+        [to_db_time(stamp), *params],
+    )
+
+
+def _claim_statement(request: ClaimRequest, token: str) -> tuple[str, list[Any]]:
+    stamp = to_db_time(request.now)
+    expires = to_db_time(request.now + timedelta(seconds=request.lease_seconds))
+    params = [*request.queues, stamp, request.limit, request.worker, token, expires, request.worker, stamp]
+    return claim_sql(True, len(request.queues)), params
+
+
+def _claimed(row: tuple[Any, ...], token: str, worker: str) -> Claimed:
+    job_id, flow_id, queue, attempts, max_attempts, params, name, class_path, configuration, timeout, run_id = row
+    return Claimed(
+        job_id=job_id,
+        run_id=run_id,
+        data_flow_id=flow_id,
+        data_flow_name=name,
+        class_path=class_path,
+        configuration=json.loads(configuration),
+        params=json.loads(params),
+        queue=queue,
+        attempt=attempts,
+        max_attempts=max_attempts,
+        timeout_seconds=timeout,
+        lease_token=token,
+        worker=worker,
+    )
+
+
+def _claim_sqlite(request: ClaimRequest, token: str) -> list[tuple[Any, ...]]:
+    """SQLite's claim, inside the caller's BEGIN IMMEDIATE transaction: the same rows as the
+    Postgres statement returns."""
+    stamp = to_db_time(request.now)
+    expires = to_db_time(request.now + timedelta(seconds=request.lease_seconds))
+    jobs = _execute(
+        claim_sql(False, len(request.queues)),
+        [request.worker, token, expires, *request.queues, stamp, request.limit],
+    ).fetchall()
+    if not jobs:
+        return []
+    flow_ids = sorted({row[1] for row in jobs})
+    flows = {
+        row[0]: row[1:]
+        for row in _execute(
+            "SELECT id, name, class_path, configuration, timeout_seconds FROM data_flows"
+            f" WHERE id IN ({_marks(len(flow_ids))})",
+            flow_ids,
+        ).fetchall()
+    }
+    values = ", ".join("(?, ?, ?, 'pending', ?, ?, ?)" for _ in jobs)
+    run_params: list[Any] = []
+    for job_id, flow_id, queue, attempts, _, _ in jobs:
+        run_params += [flow_id, job_id, attempts, queue, request.worker, stamp]
+    runs = _execute(
+        "INSERT INTO data_flow_runs (data_flow_id, job_id, attempt, status, queue, worker, created_at)"
+        f" VALUES {values} RETURNING job_id, id",
+        run_params,
+    ).fetchall()
+    run_ids = {row[0]: row[1] for row in runs}
+    return sorted((*job, *flows[job[1]], run_ids[job[0]]) for job in jobs)
 
 
 def renew_leases(worker: str, job_ids: Sequence[int], now: datetime, lease_seconds: float) -> set[int]:
@@ -455,35 +524,27 @@ def _finish_statements(postgres: bool, count: int) -> tuple[str, ...]:
 
 
 def finish(outcomes: Sequence[Outcome], retry: RetrySettings) -> list[Finished]:
-    """Record a batch of attempts' outcomes and move their jobs on, in one transaction.
+    """Record a batch of attempts' outcomes and move their jobs on.
 
     A job is `succeeded`, back to `queued` (retry, after the backoff; at once when interrupted) or
     `failed` (attempts used up, or Discard). Every job write is fenced by its lease token: an
     outcome whose lease was taken back changes nothing and comes back `stale`.
     """
-    if not outcomes:
-        return []
-    planned = [_plan(outcome, retry) for outcome in outcomes]
-    postgres = is_postgres()
-    rows = [row for _, row in planned]
-    if postgres:
-        [statement] = _finish_statements(True, len(rows))
-        columns = [list(column) for column in zip(*rows, strict=True)]
-        changed = {row[0] for row in _execute(statement, columns).fetchall()}
-    else:
-        with write_transaction():
-            jobs_sql, _, _ = _finish_statements(False, len(rows))
-            changed = {row[0] for row in _execute(jobs_sql, [value for row in rows for value in row]).fetchall()}
-            fresh = [row for row in rows if row[0] in changed]
-            if fresh:
-                _, runs_sql, flows_sql = _finish_statements(False, len(fresh))
-                flat = [value for row in fresh for value in row]
-                _execute(runs_sql, flat)
-                _execute(flows_sql, flat)
-    return [
-        finished if finished.outcome.job.job_id in changed else replace(finished, job_status="lost", stale=True)
-        for finished, _ in planned
-    ]
+    return settle(outcomes, [], None, retry)[0] if outcomes else []
+
+
+def _finish_sqlite(rows: Sequence[tuple[Any, ...]]) -> set[int]:
+    """SQLite's three finishing statements, inside the caller's transaction; returns the job ids
+    whose lease still held (the others are left alone)."""
+    jobs_sql, _, _ = _finish_statements(False, len(rows))
+    changed = {row[0] for row in _execute(jobs_sql, [value for row in rows for value in row]).fetchall()}
+    fresh = [row for row in rows if row[0] in changed]
+    if fresh:
+        _, runs_sql, flows_sql = _finish_statements(False, len(fresh))
+        flat = [value for row in fresh for value in row]
+        _execute(runs_sql, flat)
+        _execute(flows_sql, flat)
+    return changed
 
 
 def _plan(outcome: Outcome, retry: RetrySettings) -> tuple[Finished, tuple[Any, ...]]:

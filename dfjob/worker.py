@@ -1,10 +1,12 @@
 """The worker daemon: a supervisor that claims jobs and runs them in runner processes.
 
 One runner process per concurrency slot runs user code; this supervisor owns every database
-write. Its loop (`run_once`) takes back expired leases, renews its own, claims as many jobs as it
-has free slots in one statement, hands them out, and records what comes back. It never sleeps
-blindly: it waits on the runners' pipes and a wake-up pipe, so a result or a stop request is seen
-at once. The core sees only `request_stop()`; `cli` wires signals to it.
+write. Its loop (`run_once`) renews its leases and takes back expired ones now and then, and each
+turn writes, in one round trip (`queue.settle`), the runs it started and the attempts that ended
+since the last turn, together with a claim for its free slots; then it hands the new jobs out,
+stamping `started_at` just before each runner gets its job. It never sleeps blindly: it waits on
+the runners' pipes, a wake-up pipe and the enqueue wake-ups, so a result, a new job or a stop
+request is seen at once. The core sees only `request_stop()`; `cli` wires signals to it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from dfjob.schedule import format_duration
 
 MAX_DB_BACKOFF = 30.0
 MAX_FAILED_STARTS = 5
+# How long a turn waits for quick runs before writing the starts it has handed out.
+START_WRITE_DELAY = 0.002
 
 
 @dataclass
@@ -88,6 +92,8 @@ class Worker:
         self._burst = False
         self._found_nothing = False
         self._failed_starts = 0
+        # Runs handed to runners whose `in_progress` is not written yet: (run ids, started_at).
+        self._unwritten_starts: list[tuple[list[int], datetime]] = []
         self._stopping = False
         self._force = False
         self._grace_deadline: float | None = None
@@ -131,7 +137,7 @@ class Worker:
         """Interrupt whatever still runs, stop the runners, and say so."""
         self._interrupt_all("interrupted: worker stopped")
         try:
-            self._flush_outcomes()
+            self._turn(clock.now(), claim=False)
         except Exception as exc:  # noqa: BLE001 (unwritten outcomes are rescued once their leases expire)
             events.emit(events.DB_UNAVAILABLE, error=describe_error(exc), retry_in=None, worker=self.name)
         for slot in self.slots:
@@ -162,7 +168,7 @@ class Worker:
             self.close()
 
     def _done(self, burst: bool) -> bool:
-        if any(slot.job for slot in self.slots) or self.stats.pending_outcomes:
+        if any(slot.job for slot in self.slots) or self.stats.pending_outcomes or self._unwritten_starts:
             return False
         if self._stopping:
             return True
@@ -175,14 +181,10 @@ class Worker:
     def run_once(self, now: datetime | None = None) -> bool:
         """One pass of the loop; returns True when it claimed at least one job."""
         now = now or clock.now()
-        claimed: list[Claimed] = []
         try:
-            self._flush_outcomes()
             if time.monotonic() >= self._next_maintenance:
                 self._maintain(now)
-            if self._can_claim():
-                claimed = self._claim(now)
-                self._found_nothing = not claimed
+            claimed = self._turn(now)
         except Exception as exc:
             if not is_connection_error(exc):
                 raise
@@ -191,6 +193,9 @@ class Worker:
         self._db_backoff = 0.0
         if claimed and self._can_claim():
             timeout = 0.0  # more may be ready right now
+        elif self._unwritten_starts:
+            # Give quick runs a moment to finish, so their start and end share the next turn.
+            timeout = min(self._idle_timeout(), START_WRITE_DELAY)
         elif self._done(self._burst):
             timeout = 0.0  # a burst with nothing left has nothing to wait for
         else:
@@ -200,27 +205,42 @@ class Worker:
         self._check_stop()
         return bool(claimed)
 
+    def _turn(self, now: datetime, claim: bool = True) -> list[Claimed]:
+        """Write the starts and outcomes since the last turn and claim jobs for the free slots,
+        in one round trip (Postgres) or one transaction (SQLite); then hand the jobs out."""
+        free = [slot for slot in self.slots if slot.ready and slot.job is None] if claim and self._can_claim() else []
+        request = None
+        if free:
+            limit = len(free) if self.max_jobs is None else min(len(free), self.max_jobs - self.stats.claimed)
+            request = queue.ClaimRequest(self.name, self.queues, limit, now, self.settings.worker.lease_seconds)
+        outcomes, starts = self.stats.pending_outcomes, self._unwritten_starts
+        if not outcomes and not starts and request is None:
+            return []
+        self.stats.pending_outcomes, self._unwritten_starts = [], []
+        try:
+            finished, claimed = queue.settle(outcomes, starts, request, self.settings.retry)
+        except Exception:
+            # Nothing was written: keep all of it for the next turn.
+            self.stats.pending_outcomes = outcomes + self.stats.pending_outcomes
+            self._unwritten_starts = starts + self._unwritten_starts
+            raise
+        self._report(finished)
+        if request is not None:
+            self._found_nothing = not claimed
+        if claimed:
+            self.stats.claimed += len(claimed)
+            started = clock.now()
+            for slot, job in zip(free, claimed, strict=False):
+                self._dispatch(slot, job, started)
+            self._unwritten_starts.append(([job.run_id for job in claimed], started))
+        return claimed
+
     def _can_claim(self) -> bool:
         if self._stopping:
             return False
         if self.max_jobs is not None and self.stats.claimed >= self.max_jobs:
             return False
         return any(slot.ready and slot.job is None for slot in self.slots)
-
-    def _claim(self, now: datetime) -> list[Claimed]:
-        free = [slot for slot in self.slots if slot.ready and slot.job is None]
-        limit = len(free)
-        if self.max_jobs is not None:
-            limit = min(limit, self.max_jobs - self.stats.claimed)
-        claimed = queue.claim(self.name, self.queues, limit, now, self.settings.worker.lease_seconds)
-        if not claimed:
-            return []
-        self.stats.claimed += len(claimed)
-        started = clock.now()
-        queue.mark_started([job.run_id for job in claimed], started)
-        for slot, job in zip(free, claimed, strict=False):
-            self._dispatch(slot, job, started)
-        return claimed
 
     def _dispatch(self, slot: Slot, job: Claimed, started: datetime) -> None:
         slot.job, slot.started_at = job, started
@@ -363,16 +383,8 @@ class Worker:
         slot.process, slot.inbox, slot.outbox, slot.ready = fresh.process, fresh.inbox, fresh.outbox, False
         slot.job = slot.started_at = slot.deadline = None
 
-    def _flush_outcomes(self) -> None:
-        """Write the outcomes collected so far; they stay queued here while the database is down."""
-        if not self.stats.pending_outcomes:
-            return
-        outcomes, self.stats.pending_outcomes = self.stats.pending_outcomes, []
-        try:
-            finished = queue.finish(outcomes, self.settings.retry)
-        except Exception:
-            self.stats.pending_outcomes = outcomes + self.stats.pending_outcomes
-            raise
+    def _report(self, finished: list[queue.Finished]) -> None:
+        """One `job.finished` event per recorded outcome; a stale one only says its lease was lost."""
         for item in finished:
             job = item.outcome.job
             self.stats.finished += 1
