@@ -17,15 +17,16 @@ import click
 import peewee
 
 from dfjob import __version__, clock, events, history, queue, registry
-from dfjob.config import Settings, check_queue_name, load_settings
+from dfjob.config import Settings, check_queue_name, load_settings, resolve_path
 from dfjob.db import close_database, connect, describe_error, redact_url
 from dfjob.errors import DfjobError
+from dfjob.flow import add_import_paths
 from dfjob.heartbeat import heartbeat as run_heartbeat
 from dfjob.models import ensure_schema
 from dfjob.registry import FlowSpec, flow_to_dict, get_flow, parse_config_json
 from dfjob.schedule import parse_duration
 from dfjob.signals import on_stop
-from dfjob.trigger import parse_params, parse_run_at, trigger_run
+from dfjob.trigger import parse_params, parse_run_at, retry_job, trigger_run
 
 _debug = False
 
@@ -49,6 +50,8 @@ class App:
         settings = self.settings
         if not self._open:
             events.configure_logging(settings.log.format, settings.log.level)
+            # Flow folders first: monitoring callbacks may live there too.
+            add_import_paths(tuple(resolve_path(settings, path) for path in settings.flows.paths))
             events.load_callbacks(settings)
             connect(settings.database.url, settings.base_dir)
             ensure_schema()
@@ -174,7 +177,7 @@ def flows_add(name: str, class_path: str, as_json: bool, disabled: bool, **optio
     """Register a data flow; its class is imported and checked now."""
     settings = _app().open()
     flow = registry.add_flow(settings, _spec(name, class_path, options, enabled=not disabled))
-    data = flow_to_dict(flow)
+    data = flow_to_dict(flow, settings.retry.max_attempts)
     _emit(as_json, data, lambda: f"Added data flow {data['id']} ({data['name']})")
 
 
@@ -198,7 +201,7 @@ def flows_set(
     flow = registry.update_flow(
         settings, flow, _spec(name, class_path, options, no_schedule=no_schedule, enabled=state)
     )
-    data = flow_to_dict(flow)
+    data = flow_to_dict(flow, settings.retry.max_attempts)
     _emit(as_json, data, lambda: _describe_flow(data))
 
 
@@ -206,8 +209,8 @@ def flows_set(
 @json_option
 def flows_list(as_json: bool) -> None:
     """All data flows."""
-    _app().open()
-    rows = [flow_to_dict(flow) for flow in registry.all_flows()]
+    settings = _app().open()
+    rows = [flow_to_dict(flow, settings.retry.max_attempts) for flow in registry.all_flows()]
     columns = ["id", "name", "queue", "priority", "enabled", "schedule", "last_run_status", "next_run_at", "class_path"]
     _emit(as_json, rows, lambda: _table(rows, columns))
 
@@ -217,14 +220,14 @@ def flows_list(as_json: bool) -> None:
 @json_option
 def flows_show(ref: str, as_json: bool) -> None:
     """One data flow."""
-    _app().open()
-    data = flow_to_dict(get_flow(ref))
+    settings = _app().open()
+    data = flow_to_dict(get_flow(ref), settings.retry.max_attempts)
     _emit(as_json, data, lambda: _describe_flow(data))
 
 
 def _switch(ref: str, enabled: bool, as_json: bool) -> None:
-    _app().open()
-    data = flow_to_dict(registry.set_enabled(get_flow(ref), enabled))
+    settings = _app().open()
+    data = flow_to_dict(registry.set_enabled(get_flow(ref), enabled), settings.retry.max_attempts)
     _emit(as_json, data, lambda: f"Data flow {data['id']} ({data['name']}) {'enabled' if enabled else 'disabled'}")
 
 
@@ -328,8 +331,8 @@ def worker(queues: tuple[str, ...], concurrency: int | None, burst: bool, max_jo
     from dfjob.worker import Worker
 
     settings = _app().open()
-    for name in queues:
-        check_queue_name(name, settings.queues.allowed)
+    for name in queues or settings.worker.queues:
+        check_queue_name(name, settings.queues.allowed, "--queue" if queues else "worker.queues")
     if concurrency is not None and not 1 <= concurrency <= 256:
         raise DfjobError(f"--concurrency must be between 1 and 256, not {concurrency}")
     if max_jobs is not None and max_jobs < 1:
@@ -442,7 +445,7 @@ def jobs_retry(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Re-queue a failed or cancelled job to run now, with fresh attempts."""
     _app().open()
     number = _job_id(job_id)
-    queue.retry_job(number, clock.now())
+    retry_job(number)
     data = history.get_job(number)
     _emit(as_json or ctx.meta.get("dfjob.json", False), data, lambda: f"Re-queued job {number}")
 

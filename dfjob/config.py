@@ -8,6 +8,7 @@ Every check of user-given names (queues, data flows, modules) lives here too.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -100,11 +101,21 @@ def load_settings(
         settings = _read_file(path)
     url = database_url or os.environ.get("DFJOB_DATABASE_URL")
     if url:
-        settings = replace(settings, database=DatabaseSettings(url=url))
+        settings = replace(settings, database=DatabaseSettings(url=_from_working_directory(url)))
     if log_format:
         _check_choice("--log-format", log_format, LOG_FORMATS)
         settings = replace(settings, log=replace(settings.log, format=log_format))
     return settings
+
+
+def _from_working_directory(url: str) -> str:
+    """A relative SQLite path given on the command line or in the environment is relative to
+    the working directory, not to the config file (that rule is for paths written in the file)."""
+    prefix = "sqlite:///"
+    path = url[len(prefix) :] if url.startswith(prefix) else None
+    if path is None or not path or path == ":memory:" or os.path.isabs(path):
+        return url
+    return prefix + os.path.abspath(path)
 
 
 def _find_config_file(config_path: str | None) -> Path | None:
@@ -189,7 +200,8 @@ def validate(settings: Settings, source: str) -> None:
     if not worker.queues:
         raise DfjobError(f"{source}: worker.queues must name at least one queue")
     for queue in worker.queues:
-        check_queue_name(queue, settings.queues.allowed, f"{source}: worker.queues")
+        # Checked against queues.allowed only where a worker serves them (see `cli.worker`).
+        check_queue_name(queue, (), f"{source}: worker.queues")
     for queue in settings.queues.allowed:
         check_queue_name(queue, (), f"{source}: queues.allowed")
     _check_range(source, "worker.concurrency", worker.concurrency, 1, 256)
@@ -223,6 +235,30 @@ def _check_range(source: str, key: str, value: float, low: float, high: float) -
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise DfjobError(f"{key} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_object(text: str, option: str) -> dict[str, Any]:
+    """A JSON object given on the command line, in strict JSON (no NaN or Infinity)."""
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except ValueError as exc:
+        raise DfjobError(f"{option}: invalid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise DfjobError(f"{option} must be a JSON object")
+    return check_json_object(value, option)
+
+
+def check_json_object(value: dict[str, Any], where: str) -> dict[str, Any]:
+    """Refuse what strict JSON cannot hold (NaN, infinities, non-JSON types), e.g. from TOML."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise DfjobError(f"{where}: not representable as JSON: {exc}") from None
+    return value
 
 
 def check_queue_name(name: str, allowed: tuple[str, ...], where: str = "queue") -> str:

@@ -6,14 +6,16 @@ that raises is logged and never affects the job.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
 
+from dfjob import clock
 from dfjob.config import Settings, check_callable_path
 from dfjob.errors import DfjobError
 
@@ -42,6 +44,12 @@ def resolved_format(log_format: str) -> str:
     return log_format
 
 
+def _timestamp(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The same ISO 8601 form as every time dfjob prints: UTC, microseconds, `+00:00`."""
+    event_dict["timestamp"] = clock.iso(clock.now())
+    return event_dict
+
+
 def configure_logging(log_format: str, level: str) -> None:
     """Set up structlog once: JSON lines or console output, on stderr."""
     log_format = resolved_format(log_format)
@@ -53,7 +61,7 @@ def configure_logging(log_format: str, level: str) -> None:
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _timestamp,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -88,7 +96,8 @@ def load_callbacks(settings: Settings) -> None:
     for path in settings.monitoring.callbacks:
         module_name, attr = check_callable_path(path, "monitoring.callbacks")
         try:
-            function = getattr(importlib.import_module(module_name), attr)
+            with contextlib.redirect_stdout(sys.stderr):  # stdout carries our (JSON) output only
+                function = getattr(importlib.import_module(module_name), attr)
         except Exception as exc:  # noqa: BLE001 (any error importing user code is a refusal)
             raise DfjobError(f"monitoring.callbacks: cannot load {path!r}: {type(exc).__name__}: {exc}") from None
         if not callable(function):
@@ -106,6 +115,13 @@ def emit(event: str, **payload: Any) -> None:
         log.warning(event, **payload)
     else:
         log.info(event, **payload)
+    if not _callbacks:
+        return
+    with contextlib.redirect_stdout(sys.stderr):  # a callback's prints must not reach our stdout
+        _call_callbacks(event, payload)
+
+
+def _call_callbacks(event: str, payload: dict[str, Any]) -> None:
     for path, callback in _callbacks:
         try:
             callback(event, dict(payload))

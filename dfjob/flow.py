@@ -62,8 +62,12 @@ def load_flow_class(class_path: str, allowed_modules: tuple[str, ...]) -> type[F
     candidate = getattr(module, attr, None)
     if candidate is None:
         raise DfjobError(f"class path {class_path!r}: module {module_name} has no attribute {attr}")
-    if not (isinstance(candidate, type) and issubclass(candidate, Flow)) or candidate is Flow:
+    if candidate is Flow:
+        raise ClassPathRefused(f"class path {class_path!r} names dfjob.Flow itself; name your subclass")
+    if not (isinstance(candidate, type) and issubclass(candidate, Flow)):
         raise ClassPathRefused(f"class path {class_path!r}: {attr} is not a subclass of dfjob.Flow")
+    if candidate.run is Flow.run:
+        raise ClassPathRefused(f"class path {class_path!r}: {attr} does not implement run()")
     return candidate
 
 

@@ -31,7 +31,7 @@ def heartbeat(settings: Settings, now: datetime | None = None) -> HeartbeatResul
     now = now or clock.now()
     take_back_expired(now, settings.retry)
     with write_transaction():
-        due = queue.lock_due_flows(now)
+        due = queue.lock_due_flows(now, settings.queues.allowed)
         next_times = _next_times(due, now)
         created = queue.enqueue_many(
             [(flow_id, flow_queue, priority, max_attempts or settings.retry.max_attempts)

@@ -56,6 +56,18 @@ class JSONTextField(peewee.TextField):
         return None if value is None else json.loads(value)
 
 
+class IdField(peewee.BigAutoField):
+    """BIGSERIAL on Postgres; on SQLite INTEGER PRIMARY KEY AUTOINCREMENT, so that an id is never
+    handed out again after `prune` or `flows remove` (a script holding an old id must not reach a
+    different job or flow)."""
+
+    def ddl(self, ctx: Any) -> Any:
+        node = super().ddl(ctx)
+        if isinstance(database_proxy.obj, peewee.SqliteDatabase):
+            return peewee.NodeList((node, peewee.SQL("AUTOINCREMENT")))
+        return node
+
+
 class BaseModel(peewee.Model):
     class Meta:
         database = database_proxy
@@ -63,7 +75,7 @@ class BaseModel(peewee.Model):
 
 
 class DataFlow(BaseModel):
-    id = peewee.AutoField()
+    id = IdField()
     name = peewee.CharField(max_length=128, unique=True)
     class_path = peewee.CharField(max_length=512)
     queue = peewee.CharField(max_length=64, default="default")
@@ -85,7 +97,7 @@ class DataFlow(BaseModel):
 
 
 class Job(BaseModel):
-    id = peewee.BigAutoField()
+    id = IdField()
     data_flow = peewee.ForeignKeyField(DataFlow, backref="jobs", on_delete="CASCADE", index=False)
     data_flow_id: int
     queue = peewee.CharField(max_length=64)
@@ -108,7 +120,7 @@ class Job(BaseModel):
 
 
 class DataFlowRun(BaseModel):
-    id = peewee.BigAutoField()
+    id = IdField()
     data_flow = peewee.ForeignKeyField(DataFlow, backref="runs", on_delete="CASCADE", index=False)
     data_flow_id: int
     job = peewee.ForeignKeyField(Job, backref="runs", on_delete="CASCADE", index=False)

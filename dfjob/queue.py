@@ -92,6 +92,8 @@ class Finished:
     duration_ms: int
     # The lease had been taken back: nothing was written.
     stale: bool = False
+    # When a retried job is due again.
+    retry_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -208,19 +210,26 @@ def enqueue(
 DueFlow = tuple[int, str, str, int, "int | None", "int | None", "str | None", datetime]
 
 
-def lock_due_flows(now: datetime) -> list[DueFlow]:
+def lock_due_flows(now: datetime, allowed_queues: Sequence[str] = ()) -> list[DueFlow]:
     """Enabled flows whose `next_run_at` has come, locked until the caller's transaction ends:
-    (id, name, queue, priority, max_attempts, every_seconds, cron, next_run_at).
+    (id, name, queue, priority, max_attempts, every_seconds, cron, next_run_at). With
+    `allowed_queues` (`queues.allowed`), flows left on another queue are not due: a trigger would
+    refuse them too.
 
     Postgres: plain `FOR UPDATE` in id order, not SKIP LOCKED: a flow row is also locked briefly
     when its job finishes, and a skipped flow would wait a whole heartbeat. A second heartbeat
     waits here instead, then re-checks `next_run_at <= now` on the moved row and leaves it alone.
     """
     lock = " ORDER BY id FOR UPDATE" if is_postgres() else ""
+    where = ""
+    params: list[Any] = []
+    if allowed_queues:
+        condition, params = _in("queue", allowed_queues)
+        where = f" AND {condition}"
     rows = _execute(
         "SELECT id, name, queue, priority, max_attempts, every_seconds, cron, next_run_at FROM data_flows"
-        f" WHERE enabled AND next_run_at <= ?{lock}",
-        (to_db_time(now),),
+        f" WHERE enabled AND next_run_at <= ?{where}{lock}",
+        (to_db_time(now), *params),
     ).fetchall()
     return [(*row[:7], from_db_time(row[7])) for row in rows]
 
@@ -554,12 +563,14 @@ def _plan(outcome: Outcome, retry: RetrySettings) -> tuple[Finished, tuple[Any, 
     duration_ms = max(0, int((outcome.ended_at - outcome.started_at).total_seconds() * 1000))
     error = _error_line(outcome.error_message) if outcome.error_message else None
     run_at = finished_at = None
+    retry_at: datetime | None = None
     if outcome.status == "success":
         job_status, will_retry, finished_at = "succeeded", False, ended
     elif outcome.retry == "now" or (outcome.retry == "normal" and job.attempt < job.max_attempts):
         job_status, will_retry = "queued", True
         delay = 0.0 if outcome.retry == "now" else retry_delay(job.attempt, retry)
-        run_at = to_db_time(outcome.ended_at + timedelta(seconds=delay))
+        retry_at = outcome.ended_at + timedelta(seconds=delay)
+        run_at = to_db_time(retry_at)
     else:
         job_status, will_retry, finished_at = "failed", False, ended
     row = (
@@ -567,7 +578,8 @@ def _plan(outcome: Outcome, retry: RetrySettings) -> tuple[Finished, tuple[Any, 
         outcome.status, ended, duration_ms, None if outcome.result is None else _json(outcome.result),
         error, outcome.error_backtrace,
     )  # fmt: skip
-    return Finished(outcome, job_status=job_status, will_retry=will_retry, duration_ms=duration_ms), row
+    finished = Finished(outcome, job_status, will_retry, duration_ms, retry_at=retry_at)
+    return finished, row
 
 
 def rescue_expired(now: datetime, retry: RetrySettings, limit: int = 100) -> list[Rescued]:
@@ -642,7 +654,7 @@ def cancel_job(job_id: int, now: datetime) -> None:
         )
 
 
-def retry_job(job_id: int, now: datetime) -> None:
+def retry_job(job_id: int, now: datetime) -> Enqueued:
     """A failed or cancelled job goes back to `queued`, to run now, with fresh attempts."""
     with write_transaction():
         row = _execute("SELECT status, data_flow_id, queue FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -667,6 +679,7 @@ def retry_job(job_id: int, now: datetime) -> None:
         _execute("UPDATE data_flows SET last_run_at = ?, last_run_status = 'in_progress' WHERE id = ?", (stamp, row[1]))
         notify(row[2])
     wake_after_commit()
+    return Enqueued(job_id, row[1], row[2], deduplicated=False)
 
 
 def prune(older_than: datetime, statuses: Sequence[str] = FINISHED, batch: int = 1000) -> tuple[int, int]:

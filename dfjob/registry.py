@@ -20,7 +20,14 @@ from typing import Any
 import peewee
 
 from dfjob import clock, queue
-from dfjob.config import Settings, check_flow_name, check_queue_name, resolve_path
+from dfjob.config import (
+    Settings,
+    check_flow_name,
+    check_json_object,
+    check_queue_name,
+    parse_json_object,
+    resolve_path,
+)
 from dfjob.db import write_transaction
 from dfjob.errors import DfjobError
 from dfjob.flow import add_import_paths, load_flow_class
@@ -49,14 +56,8 @@ class FlowSpec:
 
 
 def parse_config_json(text: str) -> dict[str, Any]:
-    """A `--config-json` value: it must be a JSON object."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DfjobError(f"--config-json: invalid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise DfjobError("--config-json must be a JSON object")
-    return value
+    """A `--config-json` value: a JSON object."""
+    return parse_json_object(text, "--config-json")
 
 
 def check_priority(value: int, where: str = "--priority") -> int:
@@ -111,7 +112,7 @@ def _apply(settings: Settings, flow: DataFlow, spec: FlowSpec, now: datetime) ->
     if spec.priority is not None:
         flow.priority = check_priority(spec.priority)
     if spec.configuration is not None:
-        flow.configuration = spec.configuration
+        flow.configuration = check_json_object(spec.configuration, "configuration")
     if spec.max_attempts is not None:
         flow.max_attempts = check_max_attempts(spec.max_attempts)
     if spec.timeout is not None:
@@ -128,6 +129,10 @@ def _apply(settings: Settings, flow: DataFlow, spec: FlowSpec, now: datetime) ->
     schedule = _schedule_of(flow)
     if schedule != old_schedule or (schedule.is_set and flow.next_run_at is None):
         flow.next_run_at = schedule.first_run_at(now)
+        if schedule.is_set and flow.next_run_at is None:
+            raise DfjobError(f"cron expression {flow.cron!r} never fires")
+    # A queue the flow got by default must pass `queues.allowed` too.
+    check_queue_name(flow.queue, settings.queues.allowed)
     if spec.class_path is not None:
         check_class_path(settings, spec.class_path)
         flow.class_path = spec.class_path
@@ -187,8 +192,9 @@ def remove_flow(flow: DataFlow) -> None:
         flow.delete_instance()
 
 
-def flow_to_dict(flow: DataFlow) -> dict[str, Any]:
-    """The contract's data flow object."""
+def flow_to_dict(flow: DataFlow, default_max_attempts: int | None = None) -> dict[str, Any]:
+    """The contract's data flow object. `max_attempts` is the flow's own, else the default that
+    applies to it (`retry.max_attempts`) when one is given."""
     schedule = _schedule_of(flow)
     return {
         "id": flow.id,
@@ -201,7 +207,7 @@ def flow_to_dict(flow: DataFlow) -> dict[str, Any]:
         "every": format_duration(flow.every_seconds) if flow.every_seconds is not None else None,
         "cron": flow.cron,
         "configuration": flow.configuration,
-        "max_attempts": flow.max_attempts,
+        "max_attempts": flow.max_attempts or default_max_attempts,
         "timeout": format_duration(flow.timeout_seconds) if flow.timeout_seconds is not None else None,
         "last_run_at": clock.iso(flow.last_run_at),
         "last_run_status": flow.last_run_status,
@@ -228,7 +234,7 @@ def _spec_from_table(index: int, table: Any) -> FlowSpec:
             raise DfjobError(f"{where}: missing key {key!r}")
     types: dict[str, type | tuple[type, ...]] = {
         "name": str, "class": str, "queue": str, "priority": int, "every": str, "cron": str,
-        "config": dict, "max_attempts": int, "timeout": str, "enabled": bool,
+        "config": (dict, str), "max_attempts": int, "timeout": str, "enabled": bool,
     }  # fmt: skip
     for key, value in table.items():
         if not isinstance(value, types[key]) or (types[key] is int and isinstance(value, bool)):
@@ -241,11 +247,31 @@ def _spec_from_table(index: int, table: Any) -> FlowSpec:
         every=table.get("every"),
         cron=table.get("cron"),
         no_schedule="every" not in table and "cron" not in table,
-        configuration=table.get("config", {}),
+        configuration=_import_config(table.get("config", {}), where),
         max_attempts=table.get("max_attempts"),
         timeout=table.get("timeout"),
         enabled=table.get("enabled", True),
     )
+
+
+def _import_config(value: dict[str, Any] | str, where: str) -> dict[str, Any]:
+    """`config` is a TOML table, or a JSON object in a string (for what TOML cannot hold: null)."""
+    return parse_json_object(value, f"{where}: config") if isinstance(value, str) else value
+
+
+def _export_config(configuration: dict[str, Any]) -> dict[str, Any] | str:
+    """A TOML table, unless it holds a null somewhere: then the JSON text, which import also reads."""
+
+    def has_null(value: Any) -> bool:
+        if value is None:
+            return True
+        if isinstance(value, dict):
+            return any(has_null(item) for item in value.values())
+        if isinstance(value, list):
+            return any(has_null(item) for item in value)
+        return False
+
+    return json.dumps(configuration, sort_keys=True) if has_null(configuration) else configuration
 
 
 def import_flows(settings: Settings, path: str) -> tuple[int, int]:
@@ -302,7 +328,7 @@ def export_flows() -> str:
             ("max_attempts", flow.max_attempts),
             ("timeout", format_duration(flow.timeout_seconds) if flow.timeout_seconds is not None else None),
             ("enabled", bool(flow.enabled)),
-            ("config", flow.configuration),
+            ("config", _export_config(flow.configuration)),
         ]
         for key, value in entries:
             if value is not None:

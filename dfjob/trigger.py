@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
 from dfjob import clock, events, queue
-from dfjob.config import Settings, check_queue_name
+from dfjob.config import Settings, check_queue_name, parse_json_object
 from dfjob.errors import DfjobError
 from dfjob.models import DataFlow
 from dfjob.queue import Enqueued
@@ -18,13 +17,7 @@ def parse_params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, A
     """`--params-json` (a JSON object) first, then each `--param K=V` (string values) on top."""
     params: dict[str, Any] = {}
     if params_json is not None:
-        try:
-            value = json.loads(params_json)
-        except json.JSONDecodeError as exc:
-            raise DfjobError(f"--params-json: invalid JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise DfjobError("--params-json must be a JSON object")
-        params.update(value)
+        params.update(parse_json_object(params_json, "--params-json"))
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
@@ -65,11 +58,22 @@ def trigger_run(
         now=now,
     )
     if not enqueued.deduplicated:
-        events.emit(
-            events.JOB_ENQUEUED,
-            job_id=enqueued.job_id,
-            data_flow_id=flow.id,
-            data_flow_name=flow.name,
-            queue=enqueued.queue,
-        )
+        _announce(enqueued, flow)
     return enqueued
+
+
+def retry_job(job_id: int) -> Enqueued:
+    """Put a failed or cancelled job back on its queue with fresh attempts, and say so."""
+    enqueued = queue.retry_job(job_id, clock.now())
+    _announce(enqueued, DataFlow.get_by_id(enqueued.data_flow_id))
+    return enqueued
+
+
+def _announce(enqueued: Enqueued, flow: DataFlow) -> None:
+    events.emit(
+        events.JOB_ENQUEUED,
+        job_id=enqueued.job_id,
+        data_flow_id=flow.id,
+        data_flow_name=flow.name,
+        queue=enqueued.queue,
+    )

@@ -94,6 +94,7 @@ class Worker:
         self._failed_starts = 0
         # Runs handed to runners whose `in_progress` is not written yet: (run ids, started_at).
         self._unwritten_starts: list[tuple[list[int], datetime]] = []
+        self._next_retry: float | None = None  # monotonic time our earliest retry is due
         self._stopping = False
         self._force = False
         self._grace_deadline: float | None = None
@@ -227,6 +228,8 @@ class Worker:
         self._report(finished)
         if request is not None:
             self._found_nothing = not claimed
+            if self._next_retry is not None and time.monotonic() >= self._next_retry:
+                self._next_retry = None  # this claim looked for it
         if claimed:
             self.stats.claimed += len(claimed)
             started = clock.now()
@@ -290,6 +293,8 @@ class Worker:
         deadlines = [slot.deadline for slot in self.slots if slot.job and slot.deadline]
         if self._grace_deadline is not None:
             deadlines.append(self._grace_deadline)
+        if self._next_retry is not None and self._can_claim():
+            deadlines.append(self._next_retry)
         if any(slot.job for slot in self.slots):
             deadlines.append(self._next_maintenance)
         for deadline in deadlines:
@@ -388,6 +393,10 @@ class Worker:
         for item in finished:
             job = item.outcome.job
             self.stats.finished += 1
+            if item.retry_at is not None and not item.stale:
+                # Wake for our own retry even when the poll interval is long.
+                due = time.monotonic() + max(0.0, (item.retry_at - clock.now()).total_seconds())
+                self._next_retry = due if self._next_retry is None else min(self._next_retry, due)
             if item.stale:
                 events.log.warning("job.lease_lost", job_id=job.job_id, worker=self.name)
                 continue

@@ -338,3 +338,35 @@ def test_force_stop_interrupts_the_run_and_requeues_the_job_at_once(database: Se
     job = _job(job_id)
     assert (job.status, job.attempts, job.locked_by) == ("queued", 1, None)
     assert job.run_at <= clock.now()
+
+
+def test_an_idle_worker_wakes_for_its_own_retry_without_waiting_a_long_poll_interval(
+    database: Settings, tmp_path: Path
+) -> None:
+    settings = replace(
+        database,
+        worker=replace(database.worker, poll_interval=60),
+        retry=RetrySettings(max_attempts=2, backoff_initial=1, backoff_max=1),
+    )
+    counter = tmp_path / "calls"
+    job_id = _trigger(settings, _flow(settings, "flaky", "FailTimes", configuration={
+        "counter": str(counter), "failures": 1,
+    }))  # fmt: skip
+    worker = Worker(settings)
+    seen: list[bool] = []
+
+    def stop_after_the_retry() -> None:
+        try:
+            # Well under the 60 s poll interval: only a wake-up at the retry's run_at gets here in time.
+            seen.append(bool(wait_for(lambda: counter.exists() and counter.read_text() == "2", timeout=20)))
+        finally:
+            worker.request_stop()
+
+    stopper = threading.Thread(target=stop_after_the_retry)
+    stopper.start()
+    worker.run()
+    stopper.join(timeout=30)
+
+    assert seen == [True]
+    job = _job(job_id)
+    assert (job.status, job.attempts) == ("succeeded", 2)

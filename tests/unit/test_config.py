@@ -113,14 +113,15 @@ def test_missing_env_config_file_is_refused_naming_it(tmp_path: Path, monkeypatc
 def test_env_database_url_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = _config_with_url(tmp_path / "conf", "sqlite:///file.db")
     monkeypatch.setenv("DFJOB_DATABASE_URL", "sqlite:///env.db")
-    assert load_settings(config_path=str(config)).database.url == "sqlite:///env.db"
+    # Not written in the file, so relative to the working directory, not to the file's folder.
+    assert load_settings(config_path=str(config)).database.url == f"sqlite:///{Path.cwd() / 'env.db'}"
 
 
 def test_database_url_option_overrides_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = _config_with_url(tmp_path / "conf", "sqlite:///file.db")
     monkeypatch.setenv("DFJOB_DATABASE_URL", "sqlite:///env.db")
     settings = load_settings(config_path=str(config), database_url="sqlite:///flag.db")
-    assert settings.database.url == "sqlite:///flag.db"
+    assert settings.database.url == f"sqlite:///{Path.cwd() / 'flag.db'}"
 
 
 def test_cli_config_option_and_database_url_reach_the_command(
