@@ -5,27 +5,28 @@ The contract of every change:
   partial unique index decides (INSERT … ON CONFLICT DO NOTHING), never a check-then-insert.
 - `claim`: `queued` jobs that are due, in (priority, run_at, id) order, become `running` under a
   fresh lease token; each claim counts an attempt and creates that attempt's `pending` run.
-- `mark_started`: those runs go `in_progress`, just before the flow's `run()`.
+- `mark_started`: those runs go `in_progress`; `started_at` is stamped just before `run()`.
+- `settle`: a worker's turn, the three above in one round trip (Postgres) or one transaction.
 - `renew_leases`: pushes `lease_expires_at` forward for jobs this worker still holds.
 - `finish`: writes a run's outcome and moves its job to `succeeded`, back to `queued` (retry) or
   `failed`. Every write is fenced by the lease token: a worker whose lease was taken back changes
   nothing.
 - `rescue_expired`: takes back `running` jobs whose lease ran out; their open run ends `failed`
   ("worker lost") and the job follows the normal attempt rules, counting a rescue.
-- `cancel`, `retry`, `prune`: the operator's changes.
+- `enqueue_many`: the heartbeat's jobs, in as few statements as the database allows.
+- `cancel_job`, `retry_job`, `prune`: the operator's changes.
 On Postgres the claim uses `FOR UPDATE SKIP LOCKED`; on SQLite every write transaction is
 `BEGIN IMMEDIATE` (one writer), so the same UPDATE … RETURNING needs no row locks.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
 import socket
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,9 +35,10 @@ import peewee
 
 from dfjob import wakeup
 from dfjob.config import RetrySettings
-from dfjob.db import database_proxy, is_postgres, write_transaction
+from dfjob.db import is_postgres, write_transaction
 from dfjob.errors import DfjobError
 from dfjob.models import from_db_time, to_db_time
+from dfjob.sql import dump_json, execute, in_values, marks, pipeline
 
 ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -112,32 +114,6 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-@functools.lru_cache(maxsize=256)
-def _dialect(sql: str, postgres: bool) -> str:
-    return sql.replace("?", "%s") if postgres else sql
-
-
-def _execute(sql: str, params: Sequence[Any] = ()) -> Any:
-    database = database_proxy.obj
-    return database.execute_sql(_dialect(sql, is_postgres(database)), params)
-
-
-def _marks(count: int) -> str:
-    return ", ".join("?" * count)
-
-
-def _in(column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
-    """`column IN (…)` with its parameters. On Postgres one array parameter, so the statement's
-    text does not change with the number of values and psycopg can prepare it once."""
-    if is_postgres():
-        return f"{column} = ANY(?)", [list(values)]
-    return f"{column} IN ({_marks(len(values))})", list(values)
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
-
-
 def _error_line(message: str) -> str:
     return message if len(message) <= ERROR_MESSAGE_LIMIT else message[: ERROR_MESSAGE_LIMIT - 1] + "…"
 
@@ -157,7 +133,7 @@ def retry_delay(attempts: int, retry: RetrySettings) -> float:
 def notify(queue: str) -> None:
     """Postgres: wake idle workers of a queue once the enclosing transaction commits."""
     if is_postgres():
-        _execute("SELECT pg_notify(?, ?)", (wakeup.CHANNEL, queue))
+        execute("SELECT pg_notify(?, ?)", (wakeup.CHANNEL, queue))
 
 
 def wake_after_commit() -> None:
@@ -180,21 +156,21 @@ def enqueue(
     for _ in range(10):
         enqueued: Enqueued | None = None
         with write_transaction():
-            rows = _execute(
+            rows = execute(
                 "INSERT INTO jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues,"
                 " run_at, params, created_at) VALUES (?, ?, ?, 'queued', 0, ?, 0, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING RETURNING id",
-                (data_flow_id, queue, priority, max_attempts, to_db_time(run_at), _json(params), to_db_time(now)),
+                (data_flow_id, queue, priority, max_attempts, to_db_time(run_at), dump_json(params), to_db_time(now)),
             ).fetchall()
             if rows:
-                _execute(
+                execute(
                     "UPDATE data_flows SET last_run_at = ?, last_run_status = 'in_progress' WHERE id = ?",
                     (to_db_time(now), data_flow_id),
                 )
                 notify(queue)
                 enqueued = Enqueued(rows[0][0], data_flow_id, queue, deduplicated=False)
             else:
-                active = _execute(
+                active = execute(
                     "SELECT id, queue FROM jobs WHERE data_flow_id = ? AND status IN ('queued', 'running')",
                     (data_flow_id,),
                 ).fetchone()
@@ -205,33 +181,6 @@ def enqueue(
             return enqueued
         # The active job finished between our INSERT and SELECT: try again.
     raise DfjobError(f"could not enqueue data flow {data_flow_id}: its active job keeps changing")
-
-
-DueFlow = tuple[int, str, str, int, "int | None", "int | None", "str | None", datetime]
-
-
-def lock_due_flows(now: datetime, allowed_queues: Sequence[str] = ()) -> list[DueFlow]:
-    """Enabled flows whose `next_run_at` has come, locked until the caller's transaction ends:
-    (id, name, queue, priority, max_attempts, every_seconds, cron, next_run_at). With
-    `allowed_queues` (`queues.allowed`), flows left on another queue are not due: a trigger would
-    refuse them too.
-
-    Postgres: plain `FOR UPDATE` in id order, not SKIP LOCKED: a flow row is also locked briefly
-    when its job finishes, and a skipped flow would wait a whole heartbeat. A second heartbeat
-    waits here instead, then re-checks `next_run_at <= now` on the moved row and leaves it alone.
-    """
-    lock = " ORDER BY id FOR UPDATE" if is_postgres() else ""
-    where = ""
-    params: list[Any] = []
-    if allowed_queues:
-        condition, params = _in("queue", allowed_queues)
-        where = f" AND {condition}"
-    rows = _execute(
-        "SELECT id, name, queue, priority, max_attempts, every_seconds, cron, next_run_at FROM data_flows"
-        f" WHERE enabled AND next_run_at <= ?{where}{lock}",
-        (to_db_time(now), *params),
-    ).fetchall()
-    return [(*row[:7], from_db_time(row[7])) for row in rows]
 
 
 def enqueue_many(flows: Sequence[tuple[int, str, int, int]], now: datetime) -> dict[int, int]:
@@ -249,7 +198,7 @@ def enqueue_many(flows: Sequence[tuple[int, str, int, int]], now: datetime) -> d
     created: dict[int, int] = {}
     if is_postgres():
         ids, queues, priorities, attempts = (list(column) for column in zip(*flows, strict=True))
-        rows = _execute(
+        rows = execute(
             f"{insert} SELECT v.id, v.queue, v.priority, 'queued', 0, v.attempts, 0, CAST(? AS timestamp), '{{}}',"
             " CAST(? AS timestamp) FROM unnest(CAST(? AS bigint[]), CAST(? AS text[]), CAST(? AS integer[]),"
             f" CAST(? AS integer[])) AS v(id, queue, priority, attempts) {conflict}",
@@ -263,40 +212,10 @@ def enqueue_many(flows: Sequence[tuple[int, str, int, int]], now: datetime) -> d
             params: list[Any] = []
             for flow_id, queue, priority, max_attempts in chunk:
                 params += [flow_id, queue, priority, max_attempts, stamp, stamp]
-            created.update(_execute(f"{insert} VALUES {values} {conflict}", params).fetchall())
+            created.update(execute(f"{insert} VALUES {values} {conflict}", params).fetchall())
     for queue in {queue for flow_id, queue, _, _ in flows if flow_id in created}:
         notify(queue)
     return created
-
-
-def advance_flows(next_times: Sequence[tuple[int, datetime | None]], enqueued: Collection[int], now: datetime) -> None:
-    """Move each flow's `next_run_at`; those that got a job are stamped like a trigger stamps them."""
-    if not next_times:
-        return
-    stamp = to_db_time(now)
-    setter = (
-        "SET next_run_at = v.next_run_at,"
-        " last_run_at = CASE WHEN v.enqueued = 1 THEN ? ELSE data_flows.last_run_at END,"
-        " last_run_status = CASE WHEN v.enqueued = 1 THEN 'in_progress' ELSE data_flows.last_run_status END"
-    )
-    rows = [(flow_id, to_db_time(next_run_at), int(flow_id in enqueued)) for flow_id, next_run_at in next_times]
-    if is_postgres():
-        ids, nexts, flags = (list(column) for column in zip(*rows, strict=True))
-        _execute(
-            f"UPDATE data_flows {setter.replace('?', 'CAST(? AS timestamp)')}"
-            " FROM unnest(CAST(? AS bigint[]), CAST(? AS timestamp[]), CAST(? AS integer[]))"
-            " AS v(id, next_run_at, enqueued) WHERE data_flows.id = v.id",
-            [stamp, ids, nexts, flags],
-        )
-        return
-    for start in range(0, len(rows), 300):
-        chunk = rows[start : start + 300]
-        values = ", ".join("(?, ?, ?)" for _ in chunk)
-        _execute(
-            f"WITH v(id, next_run_at, enqueued) AS (VALUES {values})"
-            f" UPDATE data_flows {setter} FROM v WHERE data_flows.id = v.id",
-            [*(value for row in chunk for value in row), stamp],
-        )
 
 
 _CLAIM_PICK = (
@@ -315,7 +234,7 @@ def claim_sql(postgres: bool, queue_count: int) -> str:
     On SQLite it is the UPDATE alone (`claim` adds the rest in the same transaction). Parameters:
     `worker, token, expires, *queues, now, limit`.
     """
-    pick = _CLAIM_PICK.format(queues=_marks(queue_count))
+    pick = _CLAIM_PICK.format(queues=marks(queue_count))
     if not postgres:
         return (
             f"UPDATE jobs {_CLAIM_SET} WHERE id IN ({pick})"
@@ -381,14 +300,14 @@ def settle(
         if request is not None:
             claim_at = len(statements)
             statements.append(_claim_statement(request, token))
-        results = _pipeline(statements)
+        results = pipeline(statements)
         changed = {row[0] for row in results[finish_at]} if finish_at >= 0 else set()
         claimed = results[claim_at] if claim_at >= 0 else []
     else:
         with write_transaction():
             for run_ids, stamp in starts:
                 if run_ids:
-                    _execute(*_mark_started_statement(run_ids, stamp))
+                    execute(*_mark_started_statement(run_ids, stamp))
             changed = _finish_sqlite(rows) if rows else set()
             claimed = _claim_sqlite(request, token) if request is not None else []
     finished = [
@@ -398,21 +317,8 @@ def settle(
     return finished, [_claimed(row, token, request.worker) for row in claimed] if request else []
 
 
-def _pipeline(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
-    """Postgres: send every statement at once and read all results after one sync."""
-    database = database_proxy.obj
-    # Driver errors become peewee's, as for every other statement (the stubs do not declare it).
-    with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
-        conn = database.connection()
-        with conn.pipeline():
-            cursors = [conn.cursor() for _ in statements]
-            for cursor, (sql, params) in zip(cursors, statements, strict=True):
-                cursor.execute(_dialect(sql, True), params)
-        return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
-
-
 def _mark_started_statement(run_ids: Sequence[int], stamp: datetime) -> tuple[str, list[Any]]:
-    where, params = _in("id", run_ids)
+    where, params = in_values("id", run_ids)
     return (
         f"UPDATE data_flow_runs SET status = 'in_progress', started_at = ? WHERE {where} AND status = 'pending'",
         [to_db_time(stamp), *params],
@@ -450,7 +356,7 @@ def _claim_sqlite(request: ClaimRequest, token: str) -> list[tuple[Any, ...]]:
     Postgres statement returns."""
     stamp = to_db_time(request.now)
     expires = to_db_time(request.now + timedelta(seconds=request.lease_seconds))
-    jobs = _execute(
+    jobs = execute(
         claim_sql(False, len(request.queues)),
         [request.worker, token, expires, *request.queues, stamp, request.limit],
     ).fetchall()
@@ -459,9 +365,9 @@ def _claim_sqlite(request: ClaimRequest, token: str) -> list[tuple[Any, ...]]:
     flow_ids = sorted({row[1] for row in jobs})
     flows = {
         row[0]: row[1:]
-        for row in _execute(
+        for row in execute(
             "SELECT id, name, class_path, configuration, timeout_seconds FROM data_flows"
-            f" WHERE id IN ({_marks(len(flow_ids))})",
+            f" WHERE id IN ({marks(len(flow_ids))})",
             flow_ids,
         ).fetchall()
     }
@@ -469,7 +375,7 @@ def _claim_sqlite(request: ClaimRequest, token: str) -> list[tuple[Any, ...]]:
     run_params: list[Any] = []
     for job_id, flow_id, queue, attempts, _, _ in jobs:
         run_params += [flow_id, job_id, attempts, queue, request.worker, stamp]
-    runs = _execute(
+    runs = execute(
         "INSERT INTO data_flow_runs (data_flow_id, job_id, attempt, status, queue, worker, created_at)"
         f" VALUES {values} RETURNING job_id, id",
         run_params,
@@ -483,8 +389,8 @@ def renew_leases(worker: str, job_ids: Sequence[int], now: datetime, lease_secon
     if not job_ids:
         return set()
     expires = to_db_time(now + timedelta(seconds=lease_seconds))
-    where, params = _in("id", job_ids)
-    rows = _execute(
+    where, params = in_values("id", job_ids)
+    rows = execute(
         f"UPDATE jobs SET lease_expires_at = ? WHERE {where} AND locked_by = ? AND status = 'running' RETURNING id",
         [expires, *params, worker],
     ).fetchall()
@@ -546,13 +452,13 @@ def _finish_sqlite(rows: Sequence[tuple[Any, ...]]) -> set[int]:
     """SQLite's three finishing statements, inside the caller's transaction; returns the job ids
     whose lease still held (the others are left alone)."""
     jobs_sql, _, _ = _finish_statements(False, len(rows))
-    changed = {row[0] for row in _execute(jobs_sql, [value for row in rows for value in row]).fetchall()}
+    changed = {row[0] for row in execute(jobs_sql, [value for row in rows for value in row]).fetchall()}
     fresh = [row for row in rows if row[0] in changed]
     if fresh:
         _, runs_sql, flows_sql = _finish_statements(False, len(fresh))
         flat = [value for row in fresh for value in row]
-        _execute(runs_sql, flat)
-        _execute(flows_sql, flat)
+        execute(runs_sql, flat)
+        execute(flows_sql, flat)
     return changed
 
 
@@ -575,7 +481,7 @@ def _plan(outcome: Outcome, retry: RetrySettings) -> tuple[Finished, tuple[Any, 
         job_status, will_retry, finished_at = "failed", False, ended
     row = (
         job.job_id, job.lease_token, job.run_id, job.data_flow_id, job_status, run_at, finished_at, error,
-        outcome.status, ended, duration_ms, None if outcome.result is None else _json(outcome.result),
+        outcome.status, ended, duration_ms, None if outcome.result is None else dump_json(outcome.result),
         error, outcome.error_backtrace,
     )  # fmt: skip
     finished = Finished(outcome, job_status, will_retry, duration_ms, retry_at=retry_at)
@@ -589,7 +495,7 @@ def rescue_expired(now: datetime, retry: RetrySettings, limit: int = 100) -> lis
     lock = " FOR UPDATE OF jobs SKIP LOCKED" if is_postgres() else ""
     rescued = []
     with write_transaction():
-        rows = _execute(
+        rows = execute(
             "SELECT jobs.id, jobs.data_flow_id, jobs.attempts, jobs.max_attempts, jobs.locked_by, data_flows.name"
             " FROM jobs JOIN data_flows ON data_flows.id = jobs.data_flow_id"
             f" WHERE jobs.status = 'running' AND jobs.lease_expires_at < ? ORDER BY jobs.id LIMIT ?{lock}",
@@ -598,7 +504,7 @@ def rescue_expired(now: datetime, retry: RetrySettings, limit: int = 100) -> lis
         for job_id, flow_id, attempts, max_attempts, locked_by, flow_name in rows:
             lost = locked_by or "unknown"
             message = f"worker lost: {lost} stopped renewing its lease"
-            run = _execute(
+            run = execute(
                 "SELECT id, started_at, created_at FROM data_flow_runs"
                 " WHERE job_id = ? AND status IN ('pending', 'in_progress') ORDER BY id DESC LIMIT 1",
                 (job_id,),
@@ -609,7 +515,7 @@ def rescue_expired(now: datetime, retry: RetrySettings, limit: int = 100) -> lis
                 started = from_db_time(run[1]) or from_db_time(run[2])
                 assert started is not None
                 duration_ms = max(0, int((now - started).total_seconds() * 1000))
-                _execute(
+                execute(
                     "UPDATE data_flow_runs SET status = 'failed', ended_at = ?, duration_ms = ?, error_message = ?"
                     " WHERE job_id = ? AND status IN ('pending', 'in_progress')",
                     (stamp, duration_ms, message, job_id),
@@ -618,16 +524,16 @@ def rescue_expired(now: datetime, retry: RetrySettings, limit: int = 100) -> lis
             release = "locked_by = NULL, lease_token = NULL, lease_expires_at = NULL, rescues = rescues + 1"
             if will_retry:
                 run_at = to_db_time(now + timedelta(seconds=retry_delay(attempts, retry)))
-                _execute(
+                execute(
                     f"UPDATE jobs SET status = 'queued', run_at = ?, last_error = ?, {release} WHERE id = ?",
                     (run_at, message, job_id),
                 )
             else:
-                _execute(
+                execute(
                     f"UPDATE jobs SET status = 'failed', finished_at = ?, last_error = ?, {release} WHERE id = ?",
                     (stamp, message, job_id),
                 )
-            _execute("UPDATE data_flows SET last_run_status = 'failed' WHERE id = ?", (flow_id,))
+            execute("UPDATE data_flows SET last_run_status = 'failed' WHERE id = ?", (flow_id,))
             rescued.append(
                 Rescued(job_id, run_id, flow_id, flow_name, lost, "queued" if will_retry else "failed", will_retry)
             )
@@ -637,17 +543,17 @@ def rescue_expired(now: datetime, retry: RetrySettings, limit: int = 100) -> lis
 def cancel_job(job_id: int, now: datetime) -> None:
     """A queued job becomes `cancelled`; anything else is refused."""
     with write_transaction():
-        row = _execute("SELECT status, data_flow_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = execute("SELECT status, data_flow_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise DfjobError(f"no job with id {job_id}")
         if row[0] != "queued":
             raise DfjobError(f"job {job_id} is {row[0]}; only a queued job can be cancelled")
-        _execute(
+        execute(
             "UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = 'queued'",
             (to_db_time(now), job_id),
         )
         # The flow is no longer in progress: show the outcome of its latest run again.
-        _execute(
+        execute(
             "UPDATE data_flows SET last_run_status = (SELECT status FROM data_flow_runs"
             " WHERE data_flow_id = ? ORDER BY id DESC LIMIT 1) WHERE id = ?",
             (row[1], row[1]),
@@ -657,26 +563,26 @@ def cancel_job(job_id: int, now: datetime) -> None:
 def retry_job(job_id: int, now: datetime) -> Enqueued:
     """A failed or cancelled job goes back to `queued`, to run now, with fresh attempts."""
     with write_transaction():
-        row = _execute("SELECT status, data_flow_id, queue FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = execute("SELECT status, data_flow_id, queue FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise DfjobError(f"no job with id {job_id}")
         if row[0] not in ("failed", "cancelled"):
             raise DfjobError(f"job {job_id} is {row[0]}; only a failed or cancelled job can be retried")
-        active = _execute(
+        active = execute(
             "SELECT id FROM jobs WHERE data_flow_id = ? AND status IN ('queued', 'running')", (row[1],)
         ).fetchone()
         if active:
             raise DfjobError(f"job {job_id}: its data flow already has an active job {active[0]}")
         stamp = to_db_time(now)
         try:
-            _execute(
+            execute(
                 "UPDATE jobs SET status = 'queued', attempts = 0, run_at = ?, finished_at = NULL, last_error = NULL"
                 " WHERE id = ?",
                 (stamp, job_id),
             )
         except peewee.IntegrityError:
             raise DfjobError(f"job {job_id}: its data flow already has an active job") from None
-        _execute("UPDATE data_flows SET last_run_at = ?, last_run_status = 'in_progress' WHERE id = ?", (stamp, row[1]))
+        execute("UPDATE data_flows SET last_run_at = ?, last_run_status = 'in_progress' WHERE id = ?", (stamp, row[1]))
         notify(row[2])
     wake_after_commit()
     return Enqueued(job_id, row[1], row[2], deduplicated=False)
@@ -693,20 +599,20 @@ def prune(older_than: datetime, statuses: Sequence[str] = FINISHED, batch: int =
         with write_transaction():
             ids = [
                 row[0]
-                for row in _execute(
-                    f"SELECT id FROM jobs WHERE finished_at < ? AND status IN ({_marks(len(statuses))}) LIMIT ?",
+                for row in execute(
+                    f"SELECT id FROM jobs WHERE finished_at < ? AND status IN ({marks(len(statuses))}) LIMIT ?",
                     (to_db_time(older_than), *statuses, batch),
                 ).fetchall()
             ]
             if not ids:
                 return jobs_deleted, runs_deleted
-            marks = _marks(len(ids))
-            runs_deleted += _execute(f"DELETE FROM data_flow_runs WHERE job_id IN ({marks})", ids).rowcount
-            jobs_deleted += _execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids).rowcount
+            placeholders = marks(len(ids))
+            runs_deleted += execute(f"DELETE FROM data_flow_runs WHERE job_id IN ({placeholders})", ids).rowcount
+            jobs_deleted += execute(f"DELETE FROM jobs WHERE id IN ({placeholders})", ids).rowcount
 
 
 def active_job_id(data_flow_id: int) -> int | None:
-    row = _execute(
+    row = execute(
         "SELECT id FROM jobs WHERE data_flow_id = ? AND status IN ('queued', 'running')", (data_flow_id,)
     ).fetchone()
     return None if row is None else int(row[0])

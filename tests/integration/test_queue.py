@@ -9,7 +9,7 @@ from typing import Any
 import peewee
 import pytest
 
-from dfjob import clock, queue
+from dfjob import clock, queue, sql
 from dfjob.config import RetrySettings, Settings
 from dfjob.db import write_transaction
 from dfjob.errors import DfjobError
@@ -114,7 +114,7 @@ def test_second_enqueue_returns_the_active_job_deduplicated(database: Settings) 
 
 def _raw_insert(flow_id: int, status: str) -> None:
     stamp = to_db_time(clock.now())
-    queue._execute(
+    sql.execute(
         "INSERT INTO jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues, run_at, params,"
         " created_at) VALUES (?, 'default', 0, ?, 0, 3, 0, ?, '{}', ?)",
         (flow_id, status, stamp, stamp),
