@@ -7,6 +7,7 @@ The oracles below are the contract's rules (§3 names, §4 DUR and JSON), writte
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 from contextlib import closing
@@ -31,6 +32,8 @@ PROPERTY = hypothesis_settings(
     max_examples=60,
     deadline=None,
     database=None,
+    # CI replays the same examples every run; a developer's run explores new ones.
+    derandomize=bool(os.environ.get("CI")),
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
