@@ -175,8 +175,11 @@ def _spec(name: str | None, class_path: str | None, options: dict[str, Any], **e
 @_flow_options
 def flows_add(name: str, class_path: str, as_json: bool, disabled: bool, **options: Any) -> None:
     """Register a data flow; its class is imported and checked now."""
-    settings = _app().open()
-    flow = registry.add_flow(settings, _spec(name, class_path, options, enabled=not disabled))
+    settings = _app().settings
+    # Everything that needs no database is checked before it is opened (or created).
+    flow = registry.new_flow(settings, _spec(name, class_path, options, enabled=not disabled))
+    _app().open()
+    flow = registry.save_new_flow(flow)
     data = flow_to_dict(flow, settings.retry.max_attempts)
     _emit(as_json, data, lambda: f"Added data flow {data['id']} ({data['name']})")
 
@@ -300,9 +303,9 @@ def trigger(
     params_json: str | None, run_at: str | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Enqueue a job for a data flow now (returns at once)."""
-    settings = _app().open()
     params = parse_params(param_pairs, params_json)
     when = parse_run_at(run_at) if run_at is not None else None
+    settings = _app().open()
     flow = get_flow(ref)
     result = trigger_run(settings, flow, queue_name=queue_name, priority=priority, params=params, run_at=when)
     data = {
@@ -330,13 +333,14 @@ def worker(queues: tuple[str, ...], concurrency: int | None, burst: bool, max_jo
     """Claim and run jobs (the daemon). SIGTERM/SIGINT stop it gracefully; a second one at once."""
     from dfjob.worker import Worker
 
-    settings = _app().open()
+    settings = _app().settings
     for name in queues or settings.worker.queues:
         check_queue_name(name, settings.queues.allowed, "--queue" if queues else "worker.queues")
     if concurrency is not None and not 1 <= concurrency <= 256:
         raise DfjobError(f"--concurrency must be between 1 and 256, not {concurrency}")
     if max_jobs is not None and max_jobs < 1:
         raise DfjobError(f"--max-jobs must be at least 1, not {max_jobs}")
+    _app().open()
     daemon = Worker(settings, queues or None, concurrency, max_jobs)
     with on_stop(lambda count: daemon.request_stop(force=count > 1)):
         daemon.run(burst=burst)
@@ -380,6 +384,7 @@ def _flow_id(ref: str | None) -> int | None:
 @json_option
 def runs(flow_ref: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """Run history, newest first."""
+    history.check_query(status, limit, history.RUN_STATUSES)
     _app().open()
     rows = history.list_runs(_flow_id(flow_ref), status, limit)
     columns = ["id", "data_flow_name", "job_id", "attempt", "status", "started_at", "duration_ms", "error_message"]
@@ -400,9 +405,10 @@ def jobs(
     if ctx.invoked_subcommand is not None:
         ctx.meta["dfjob.json"] = as_json  # `dfjob jobs --json cancel 5` prints JSON too
         return
-    _app().open()
     if queue_name is not None:
         check_queue_name(queue_name, ())
+    history.check_query(status, limit, history.JOB_STATUSES)
+    _app().open()
     rows = history.list_jobs(queue_name, status, _flow_id(flow_ref), limit)
     columns = [
         "id",
@@ -456,8 +462,10 @@ def jobs_retry(ctx: click.Context, job_id: str, as_json: bool) -> None:
 @json_option
 def prune(older_than: str | None, statuses: tuple[str, ...], as_json: bool) -> None:
     """Delete finished jobs and their runs older than DUR."""
-    settings = _app().open()
+    settings = _app().settings
     seconds = parse_duration(older_than or settings.retention.finished_jobs)
+    queue.check_finished_statuses(statuses or queue.FINISHED)
+    _app().open()
     cutoff = clock.now() - timedelta(seconds=seconds)
     jobs_deleted, runs_deleted = queue.prune(cutoff, statuses or queue.FINISHED)
     data = {"jobs": jobs_deleted, "runs": runs_deleted}

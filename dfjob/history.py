@@ -22,6 +22,12 @@ def _check_limit(limit: int) -> None:
         raise DfjobError(f"--limit must be at least 1, not {limit}")
 
 
+def check_query(status: str | None, limit: int, statuses: tuple[str, ...]) -> None:
+    """Refuse a `--status` or `--limit` that cannot select anything, before any database work."""
+    _check_status(status, statuses, "run" if statuses is RUN_STATUSES else "job")
+    _check_limit(limit)
+
+
 def list_runs(flow_id: int | None = None, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     """Runs, newest first (highest id first)."""
     _check_status(status, RUN_STATUSES, "run")

@@ -588,12 +588,17 @@ def retry_job(job_id: int, now: datetime) -> Enqueued:
     return Enqueued(job_id, row[1], row[2], deduplicated=False)
 
 
-def prune(older_than: datetime, statuses: Sequence[str] = FINISHED, batch: int = 1000) -> tuple[int, int]:
-    """Delete finished jobs (and their runs) that finished before `older_than`, in batches of
-    `batch` jobs, each its own short transaction. Returns (jobs, runs) deleted."""
+def check_finished_statuses(statuses: Sequence[str]) -> None:
+    """Only jobs that ended can be pruned."""
     unknown = sorted(set(statuses) - set(FINISHED))
     if unknown or not statuses:
         raise DfjobError(f"prune takes finished statuses only ({', '.join(FINISHED)}), not {unknown[:1] or 'none'}")
+
+
+def prune(older_than: datetime, statuses: Sequence[str] = FINISHED, batch: int = 1000) -> tuple[int, int]:
+    """Delete finished jobs (and their runs) that finished before `older_than`, in batches of
+    `batch` jobs, each its own short transaction. Returns (jobs, runs) deleted."""
+    check_finished_statuses(statuses)
     jobs_deleted = runs_deleted = 0
     while True:
         with write_transaction():

@@ -142,11 +142,20 @@ def _apply(settings: Settings, flow: DataFlow, spec: FlowSpec, now: datetime) ->
 
 def add_flow(settings: Settings, spec: FlowSpec) -> DataFlow:
     """Register a new data flow."""
+    return save_new_flow(new_flow(settings, spec))
+
+
+def new_flow(settings: Settings, spec: FlowSpec) -> DataFlow:
+    """A validated, unsaved data flow: every check that needs no database (the class included)."""
     if spec.name is None or spec.class_path is None:
         raise DfjobError("a data flow needs a name and a class")
     now = clock.now()
     flow = DataFlow(queue="default", priority=0, enabled=True, configuration={}, created_at=now)
-    _apply(settings, flow, spec, now)
+    return _apply(settings, flow, spec, now)
+
+
+def save_new_flow(flow: DataFlow) -> DataFlow:
+    """Store a flow from `new_flow`; its name must be free."""
     if DataFlow.select().where(DataFlow.name == flow.name).exists():
         raise DfjobError(f"a data flow named {flow.name!r} already exists")
     try:

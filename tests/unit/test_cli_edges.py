@@ -176,3 +176,23 @@ def test_the_flow_object_shows_the_max_attempts_that_applies(tmp_path: Path, cap
     assert (default["max_attempts"], own["max_attempts"]) == (4, 2)
     exported = _ok(capsys, "--config", config, "flows", "export")
     assert exported.count("max_attempts") == 1  # the default is not written down as the flow's own
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["flows", "add", "1x", "--class", "sample_flows:Succeed"],
+        ["flows", "add", "x", "--class", "sample_flows:Succeed", "--every", "5x"],
+        ["flows", "add", "x", "--class", "nowhere:Flow"],
+        ["trigger", "x", "--run-at", "never"],
+        ["jobs", "--status", "bogus"],
+        ["runs", "--limit", "0"],
+        ["prune", "--status", "queued"],
+        ["worker", "--concurrency", "0"],
+    ],
+)
+def test_a_request_refused_on_its_input_alone_does_not_even_create_the_database(
+    tmp_path: Path, capsys: Capsys, argv: list[str]
+) -> None:
+    _refused(capsys, *argv)
+    assert not (tmp_path / "dfjob.db").exists()
