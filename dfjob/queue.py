@@ -71,6 +71,17 @@ class Claimed:
     lease_token: str
     worker: str
 
+    def event_fields(self) -> dict[str, Any]:
+        """What every lifecycle event about this attempt carries."""
+        return {
+            "job_id": self.job_id,
+            "run_id": self.run_id,
+            "data_flow_id": self.data_flow_id,
+            "data_flow_name": self.data_flow_name,
+            "queue": self.queue,
+            "attempt": self.attempt,
+        }
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -491,6 +502,9 @@ def _plan(outcome: Outcome, retry: RetrySettings) -> tuple[Finished, tuple[Any, 
 def rescue_expired(now: datetime, retry: RetrySettings, limit: int = 100) -> list[Rescued]:
     """Take back running jobs whose lease ran out: the lost attempt fails, the job retries or fails."""
     stamp = to_db_time(now)
+    # Usually nothing has expired: find that out with a read, not a write lock (BEGIN IMMEDIATE).
+    if not execute("SELECT 1 FROM jobs WHERE status = 'running' AND lease_expires_at < ? LIMIT 1", (stamp,)).fetchone():
+        return []
     # Lock only the job rows: a flow row locked here would make a heartbeat wait on the rescue.
     lock = " FOR UPDATE OF jobs SKIP LOCKED" if is_postgres() else ""
     rescued = []

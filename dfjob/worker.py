@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -68,7 +68,6 @@ class Stats:
     claimed: int = 0
     finished: int = 0
     rescued: int = 0
-    pending_outcomes: list[Outcome] = field(default_factory=list)
 
 
 class Worker:
@@ -92,7 +91,9 @@ class Worker:
         self._burst = False
         self._found_nothing = False
         self._failed_starts = 0
-        # Runs handed to runners whose `in_progress` is not written yet: (run ids, started_at).
+        # Written at the next turn: attempts that ended, and runs handed to runners whose
+        # `in_progress` is not written yet, as (run ids, started_at).
+        self._pending_outcomes: list[Outcome] = []
         self._unwritten_starts: list[tuple[list[int], datetime]] = []
         self._next_retry: float | None = None  # monotonic time our earliest retry is due
         self._stopping = False
@@ -169,7 +170,7 @@ class Worker:
             self.close()
 
     def _done(self, burst: bool) -> bool:
-        if any(slot.job for slot in self.slots) or self.stats.pending_outcomes or self._unwritten_starts:
+        if any(slot.job for slot in self.slots) or self._pending_outcomes or self._unwritten_starts:
             return False
         if self._stopping:
             return True
@@ -214,15 +215,15 @@ class Worker:
         if free:
             limit = len(free) if self.max_jobs is None else min(len(free), self.max_jobs - self.stats.claimed)
             request = queue.ClaimRequest(self.name, self.queues, limit, now, self.settings.worker.lease_seconds)
-        outcomes, starts = self.stats.pending_outcomes, self._unwritten_starts
+        outcomes, starts = self._pending_outcomes, self._unwritten_starts
         if not outcomes and not starts and request is None:
             return []
-        self.stats.pending_outcomes, self._unwritten_starts = [], []
+        self._pending_outcomes, self._unwritten_starts = [], []
         try:
             finished, claimed = queue.settle(outcomes, starts, request, self.settings.retry)
         except Exception:
             # Nothing was written: keep all of it for the next turn.
-            self.stats.pending_outcomes = outcomes + self.stats.pending_outcomes
+            self._pending_outcomes = outcomes + self._pending_outcomes
             self._unwritten_starts = starts + self._unwritten_starts
             raise
         self._report(finished)
@@ -248,16 +249,7 @@ class Worker:
     def _dispatch(self, slot: Slot, job: Claimed, started: datetime) -> None:
         slot.job, slot.started_at = job, started
         slot.deadline = time.monotonic() + job.timeout_seconds if job.timeout_seconds else None
-        events.emit(
-            events.JOB_STARTED,
-            job_id=job.job_id,
-            run_id=job.run_id,
-            data_flow_id=job.data_flow_id,
-            data_flow_name=job.data_flow_name,
-            queue=job.queue,
-            attempt=job.attempt,
-            worker=self.name,
-        )
+        events.emit(events.JOB_STARTED, **job.event_fields(), worker=self.name)
         message = {
             "job_id": job.job_id,
             "run_id": job.run_id,
@@ -339,7 +331,7 @@ class Worker:
     def _record(self, slot: Slot, reply: dict[str, Any]) -> None:
         assert slot.job is not None
         assert slot.started_at is not None
-        self.stats.pending_outcomes.append(
+        self._pending_outcomes.append(
             Outcome(
                 job=slot.job,
                 status=reply["status"],
@@ -370,7 +362,7 @@ class Worker:
         """End the slot's attempt as failed, and give the slot a fresh runner."""
         assert slot.job is not None
         assert slot.started_at is not None
-        self.stats.pending_outcomes.append(
+        self._pending_outcomes.append(
             Outcome(
                 job=slot.job,
                 status="failed",
@@ -393,20 +385,15 @@ class Worker:
         for item in finished:
             job = item.outcome.job
             self.stats.finished += 1
-            if item.retry_at is not None and not item.stale:
-                # Wake for our own retry even when the poll interval is long.
-                due = time.monotonic() + max(0.0, (item.retry_at - clock.now()).total_seconds())
-                self._next_retry = due if self._next_retry is None else min(self._next_retry, due)
             if item.stale:
                 events.log.warning("job.lease_lost", job_id=job.job_id, worker=self.name)
                 continue
+            if item.retry_at is not None:
+                # Wake for our own retry even when the poll interval is long.
+                due = time.monotonic() + max(0.0, (item.retry_at - clock.now()).total_seconds())
+                self._next_retry = due if self._next_retry is None else min(self._next_retry, due)
             payload: dict[str, Any] = {
-                "job_id": job.job_id,
-                "run_id": job.run_id,
-                "data_flow_id": job.data_flow_id,
-                "data_flow_name": job.data_flow_name,
-                "queue": job.queue,
-                "attempt": job.attempt,
+                **job.event_fields(),
                 "status": item.outcome.status,
                 "duration_ms": item.duration_ms,
                 "will_retry": item.will_retry,
