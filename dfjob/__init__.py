@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from dfjob.flow import Discard, Flow
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = ["Discard", "Flow", "__version__"]

@@ -7,6 +7,7 @@ click's own parse errors; tracebacks appear only with `--debug`.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -16,13 +17,12 @@ from typing import Any, NoReturn
 import click
 import peewee
 
-from dfjob import __version__, clock, events, history, queue, registry
+from dfjob import __version__, clock, events, history, migrations, queue, registry
 from dfjob.config import Settings, check_queue_name, load_settings, resolve_path
-from dfjob.db import close_database, connect, describe_error, redact_url
+from dfjob.db import close_database, connect, describe_error, redact_url, sqlite_path
 from dfjob.errors import DfjobError
 from dfjob.flow import add_import_paths
 from dfjob.heartbeat import heartbeat as run_heartbeat
-from dfjob.models import ensure_schema
 from dfjob.registry import FlowSpec, flow_to_dict, get_flow, parse_config_json
 from dfjob.schedule import parse_duration
 from dfjob.signals import on_stop
@@ -45,18 +45,35 @@ class App:
             self._settings = load_settings(*self._args)
         return self._settings
 
-    def open(self) -> Settings:
-        """Settings, logging, monitoring callbacks and a database with its tables."""
+    def open(self, writes: bool = True) -> Settings:
+        """Settings, logging, monitoring callbacks and a database at this release's schema.
+
+        A command that writes creates the tables of an empty database; one that only reads
+        (`writes=False`) creates nothing and refuses a database that is not there.
+        """
         settings = self.settings
         if not self._open:
             events.configure_logging(settings.log.format, settings.log.level)
             # Flow folders first: monitoring callbacks may live there too.
             add_import_paths(tuple(resolve_path(settings, path) for path in settings.flows.paths))
             events.load_callbacks(settings)
-            connect(settings.database.url, settings.base_dir)
-            ensure_schema()
+            migrations.prepare(create=writes, where=self.connect(writes))
             self._open = True
         return settings
+
+    def connect(self, writes: bool) -> str:
+        """Open the database without checking its schema; returns how to name it in messages.
+        Without `writes`, a SQLite file that does not exist is refused rather than created."""
+        settings = self.settings
+        url = settings.database.url
+        if url.startswith("sqlite:"):
+            where = sqlite_path(url, settings.base_dir)
+            if not writes and where != ":memory:" and not os.path.exists(where):
+                raise DfjobError(f"no dfjob database at {where} (run `dfjob db init`)")
+        else:
+            where = f"{redact_url(url)} (schema {settings.database.schema})"
+        connect(url, settings.base_dir, settings.database.schema)
+        return where
 
 
 def _app() -> App:
@@ -125,7 +142,52 @@ def db_init(as_json: bool) -> None:
     """Create the tables (idempotent)."""
     settings = _app().open()
     url = redact_url(settings.database.url)
-    _emit(as_json, {"database": url, "schema": "ready"}, lambda: f"Tables ready in {url}")
+    data = {"database": url, "schema": "ready", "version": migrations.LATEST}
+    _emit(as_json, data, lambda: f"Tables ready in {url} (schema version {migrations.LATEST})")
+
+
+def _step(step: migrations.Step) -> dict[str, Any]:
+    return {"version": step.version, "name": step.name}
+
+
+@db.command("upgrade")
+@json_option
+def db_upgrade(as_json: bool) -> None:
+    """Bring the database to this release's schema, one transaction per step."""
+    _app().connect(writes=True)
+    done = migrations.upgrade()
+    data = {"from": done.before, "to": done.after, "applied": [_step(step) for step in done.applied]}
+
+    def text() -> str:
+        if done.before == 0:
+            return f"Created the schema at version {done.after}"
+        if not done.applied:
+            return f"Schema version {done.after}: nothing to do"
+        lines = [f"Applied {step.version}: {step.name}" for step in done.applied]
+        return "\n".join([*lines, f"Schema version {done.before} -> {done.after}"])
+
+    _emit(as_json, data, text)
+
+
+@db.command("status")
+@json_option
+def db_status(as_json: bool) -> None:
+    """The database's schema version and the steps `db upgrade` would apply."""
+    _app().connect(writes=False)
+    version = migrations.database_version()
+    steps = migrations.pending(version) if version else []
+    data = {"version": version, "latest": migrations.LATEST, "pending": [_step(step) for step in steps]}
+
+    def text() -> str:
+        if version == 0:
+            return f"No dfjob tables yet (this dfjob creates version {migrations.LATEST}: `dfjob db init`)"
+        if version > migrations.LATEST:
+            return f"Schema version {version}, newer than this dfjob ({migrations.LATEST}): upgrade dfjob"
+        lines = [f"Schema version {version} (this dfjob: {migrations.LATEST})"]
+        lines += [f"pending {step.version}: {step.name}" for step in steps] or ["up to date"]
+        return "\n".join(lines)
+
+    _emit(as_json, data, text)
 
 
 # -- flows ---------------------------------------------------------------------------------------
@@ -212,7 +274,7 @@ def flows_set(
 @json_option
 def flows_list(as_json: bool) -> None:
     """All data flows."""
-    settings = _app().open()
+    settings = _app().open(writes=False)
     rows = [flow_to_dict(flow, settings.retry.max_attempts) for flow in registry.all_flows()]
     columns = ["id", "name", "queue", "priority", "enabled", "schedule", "last_run_status", "next_run_at", "class_path"]
     _emit(as_json, rows, lambda: _table(rows, columns))
@@ -223,7 +285,7 @@ def flows_list(as_json: bool) -> None:
 @json_option
 def flows_show(ref: str, as_json: bool) -> None:
     """One data flow."""
-    settings = _app().open()
+    settings = _app().open(writes=False)
     data = flow_to_dict(get_flow(ref), settings.retry.max_attempts)
     _emit(as_json, data, lambda: _describe_flow(data))
 
@@ -277,7 +339,7 @@ def flows_import(file: str, as_json: bool) -> None:
 @json_option
 def flows_export(as_json: bool) -> None:
     """Print all data flows in the `flows import` format."""
-    _app().open()
+    _app().open(writes=False)
     text = registry.export_flows()
     if as_json:
         import tomllib
@@ -362,9 +424,9 @@ def scheduler(interval: float) -> None:
     """Run the heartbeat every --interval seconds (the daemon); prunes history daily."""
     from dfjob.scheduler import Scheduler
 
-    settings = _app().open()
     if not 0.1 <= interval <= 86400:
         raise DfjobError(f"--interval must be between 0.1 and 86400 seconds, not {interval:g}")
+    settings = _app().open()
     daemon = Scheduler(settings, interval)
     with on_stop(lambda count: daemon.request_stop()):
         daemon.run()
@@ -385,7 +447,7 @@ def _flow_id(ref: str | None) -> int | None:
 def runs(flow_ref: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """Run history, newest first."""
     history.check_query(status, limit, history.RUN_STATUSES)
-    _app().open()
+    _app().open(writes=False)
     rows = history.list_runs(_flow_id(flow_ref), status, limit)
     columns = ["id", "data_flow_name", "job_id", "attempt", "status", "started_at", "duration_ms", "error_message"]
     _emit(as_json, rows, lambda: _table(rows, columns))
@@ -408,7 +470,7 @@ def jobs(
     if queue_name is not None:
         check_queue_name(queue_name, ())
     history.check_query(status, limit, history.JOB_STATUSES)
-    _app().open()
+    _app().open(writes=False)
     rows = history.list_jobs(queue_name, status, _flow_id(flow_ref), limit)
     columns = [
         "id",

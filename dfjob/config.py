@@ -1,6 +1,7 @@
 """Settings: frozen dataclasses read from TOML, the environment and command-line flags.
 
-Lookup order for the file: `--config PATH`, `$DFJOB_CONFIG`, `./dfjob.toml`; none means defaults.
+Lookup order for the file: `--config PATH`, `$DFJOB_CONFIG`, then `dfjob.toml` in the working
+directory or the nearest folder above it (as git finds `.git`); none means defaults.
 `$DFJOB_DATABASE_URL` and `--database-url` override `database.url`. Relative paths in a file are
 relative to that file's folder, so cron, systemd and a shell reach the same database.
 Every check of user-given names (queues, data flows, modules) lives here too.
@@ -21,6 +22,7 @@ from dfjob.schedule import parse_duration
 
 QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,63}")
 FLOW_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,127}")
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -29,6 +31,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = "sqlite:///dfjob.db"
+    # Postgres: the schema that holds dfjob's tables, apart from an application's own.
+    schema: str = "dfjob"
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ def load_settings(
         settings = _read_file(path)
     url = database_url or os.environ.get("DFJOB_DATABASE_URL")
     if url:
-        settings = replace(settings, database=DatabaseSettings(url=_from_working_directory(url)))
+        settings = replace(settings, database=replace(settings.database, url=_from_working_directory(url)))
     if log_format:
         _check_choice("--log-format", log_format, LOG_FORMATS)
         settings = replace(settings, log=replace(settings.log, format=log_format))
@@ -130,8 +134,12 @@ def _find_config_file(config_path: str | None) -> Path | None:
         if not path.is_file():
             raise DfjobError(f"config file not found: {from_env} (from $DFJOB_CONFIG)")
         return path
-    local = Path("dfjob.toml")
-    return local if local.is_file() else None
+    folder = Path.cwd()
+    for candidate in (folder, *folder.parents):
+        local = candidate / "dfjob.toml"
+        if local.is_file():
+            return local
+    return None
 
 
 def _read_file(path: Path) -> Settings:
@@ -222,6 +230,11 @@ def validate(settings: Settings, source: str) -> None:
         check_callable_path(callback, f"{source}: monitoring.callbacks")
     _check_choice(f"{source}: log.format", settings.log.format, LOG_FORMATS)
     _check_choice(f"{source}: log.level", settings.log.level, LOG_LEVELS)
+    if not SCHEMA_NAME.fullmatch(settings.database.schema):
+        raise DfjobError(
+            f"{source}: database.schema must be 1-63 of a-z 0-9 _, starting with a letter or _,"
+            f" not {settings.database.schema!r}"
+        )
     scheme = settings.database.url.split(":", 1)[0]
     if scheme not in ("sqlite", "postgresql", "postgres"):
         raise DfjobError(f"{source}: database.url: unknown scheme {scheme!r} (use sqlite or postgresql)")

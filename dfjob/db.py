@@ -9,6 +9,7 @@ message could reach output or logs.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import peewee
 from dfjob.errors import DatabaseUnavailable, DfjobError
 
 database_proxy = peewee.DatabaseProxy()
+DEFAULT_SCHEMA = "dfjob"
 
 SQLITE_PRAGMAS = {
     "journal_mode": "wal",
@@ -30,6 +32,8 @@ SQLITE_PRAGMAS = {
 CONNECT_TIMEOUT_SECONDS = 5
 
 _password: str | None = None
+# Postgres: the schema dfjob's tables live in (`database.schema`); None on SQLite.
+_schema: str | None = None
 
 
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
@@ -85,10 +89,24 @@ def is_postgres(database: peewee.Database | None = None) -> bool:
     return isinstance(db, peewee.PostgresqlDatabase)
 
 
-def connect(url: str, base_dir: str) -> peewee.Database:
+def pg_schema() -> str | None:
+    """The Postgres schema of the database in use, or None on SQLite."""
+    return _schema
+
+
+def advisory_key(purpose: str, schema: str | None = None) -> int:
+    """A Postgres advisory lock key for `purpose` in the schema in use (or `schema`): two dfjob
+    installs that share one database (in two schemas) never share a lock."""
+    digest = hashlib.blake2b(f"dfjob:{schema or _schema}:{purpose}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def connect(url: str, base_dir: str, schema: str = DEFAULT_SCHEMA) -> peewee.Database:
     """Bind the proxy to the URL's database and open a connection, or fail with one clear line."""
+    global _schema
     database = make_database(url, base_dir)
-    database_proxy.initialize(database)
+    _schema = schema if isinstance(database, peewee.PostgresqlDatabase) else None
+    database_proxy.initialize(database)  # the models pick up `_schema` here (see models.py)
     try:
         database.connect(reuse_if_open=True)
     except (peewee.OperationalError, peewee.InterfaceError) as exc:

@@ -92,7 +92,7 @@ def lock_due_flows(now: datetime, allowed_queues: Sequence[str] = ()) -> list[Du
         condition, params = in_values("queue", allowed_queues)
         where = f" AND {condition}"
     rows = execute(
-        "SELECT id, name, queue, priority, max_attempts, every_seconds, cron, next_run_at FROM data_flows"
+        "SELECT id, name, queue, priority, max_attempts, every_seconds, cron, next_run_at FROM dfjob.data_flows"
         f" WHERE enabled AND next_run_at <= ?{where}{lock}",
         (to_db_time(now), *params),
     ).fetchall()
@@ -113,7 +113,7 @@ def advance_flows(next_times: Sequence[tuple[int, datetime | None]], enqueued: C
     if is_postgres():
         ids, nexts, flags = (list(column) for column in zip(*rows, strict=True))
         execute(
-            f"UPDATE data_flows {setter.replace('?', 'CAST(? AS timestamp)')}"
+            f"UPDATE dfjob.data_flows {setter.replace('?', 'CAST(? AS timestamp)')}"
             " FROM unnest(CAST(? AS bigint[]), CAST(? AS timestamp[]), CAST(? AS integer[]))"
             " AS v(id, next_run_at, enqueued) WHERE data_flows.id = v.id",
             [stamp, ids, nexts, flags],
@@ -124,6 +124,6 @@ def advance_flows(next_times: Sequence[tuple[int, datetime | None]], enqueued: C
         values = ", ".join("(?, ?, ?)" for _ in chunk)
         execute(
             f"WITH v(id, next_run_at, enqueued) AS (VALUES {values})"
-            f" UPDATE data_flows {setter} FROM v WHERE data_flows.id = v.id",
+            f" UPDATE dfjob.data_flows {setter} FROM v WHERE data_flows.id = v.id",
             [*(value for row in chunk for value in row), stamp],
         )

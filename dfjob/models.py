@@ -1,4 +1,7 @@
-"""The three tables: data_flows, jobs, data_flow_runs, their indexes, and schema creation.
+"""The tables as this release knows them, their indexes, and creating them on an empty database.
+
+Older databases reach this shape through `dfjob.migrations`; a test checks that a database
+upgraded from version 1 and one created here are the same.
 
 Times are stored as naive UTC in a fixed-width text form on SQLite (so text order is time order)
 and as TIMESTAMP on Postgres; both read back as aware UTC datetimes. JSON is stored as text on
@@ -13,11 +16,8 @@ from typing import Any
 
 import peewee
 
-from dfjob.db import database_proxy, is_postgres
-
-SCHEMA_VERSION = 1
-# Postgres advisory lock key for schema creation: many processes may start on an empty database.
-SCHEMA_LOCK_KEY = 4242_0001
+from dfjob.db import database_proxy, pg_schema
+from dfjob.sql import execute
 
 
 def to_db_time(value: datetime | None) -> str | None:
@@ -34,7 +34,8 @@ def from_db_time(value: Any) -> datetime | None:
         return None
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
+    if not isinstance(value, datetime):
+        raise TypeError(f"a stored time must be text or a timestamp, not {type(value).__name__}")
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
@@ -142,7 +143,11 @@ class DataFlowRun(BaseModel):
 
 
 class SchemaVersion(BaseModel):
+    """One row per schema step applied; the highest `version` is the database's version."""
+
     version = peewee.IntegerField()
+    name = peewee.TextField(null=True)
+    applied_at = UTCDateTimeField(null=True)
 
     class Meta:
         table_name = "dfjob_schema"
@@ -150,44 +155,40 @@ class SchemaVersion(BaseModel):
 
 MODELS: list[type[BaseModel]] = [DataFlow, Job, DataFlowRun, SchemaVersion]
 
+
+def _use_schema(database: peewee.Database) -> None:
+    """Postgres: every model lives in the configured schema (`database.schema`)."""
+    for model in MODELS:
+        model._meta.schema = pg_schema()
+
+
+database_proxy.attach_callback(_use_schema)  # type: ignore[no-untyped-call]
+
+
 # Written by hand because they are partial: peewee's DDL helpers do not cover every case on both.
 INDEXES = [
     # The claim reads only queued rows, in claim order: its cost does not grow with history.
-    "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (queue, priority, run_at, id) WHERE status = 'queued'",
+    "CREATE INDEX IF NOT EXISTS jobs_claim ON dfjob.jobs (queue, priority, run_at, id) WHERE status = 'queued'",
     # One queued-or-running job per data flow is a database fact, not a check-then-insert race.
-    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_active_per_flow ON jobs (data_flow_id)"
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_active_per_flow ON dfjob.jobs (data_flow_id)"
     " WHERE status IN ('queued', 'running')",
     # Rescue looks only at running jobs whose lease ran out.
-    "CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (lease_expires_at) WHERE status = 'running'",
-    "CREATE INDEX IF NOT EXISTS jobs_flow ON jobs (data_flow_id, id)",
-    "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS runs_job ON data_flow_runs (job_id, attempt)",
-    "CREATE INDEX IF NOT EXISTS runs_flow ON data_flow_runs (data_flow_id, id)",
-    "CREATE INDEX IF NOT EXISTS flows_due ON data_flows (next_run_at) WHERE enabled",
+    "CREATE INDEX IF NOT EXISTS jobs_lease ON dfjob.jobs (lease_expires_at) WHERE status = 'running'",
+    "CREATE INDEX IF NOT EXISTS jobs_flow ON dfjob.jobs (data_flow_id, id)",
+    "CREATE INDEX IF NOT EXISTS jobs_finished ON dfjob.jobs (finished_at) WHERE finished_at IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS runs_job ON dfjob.data_flow_runs (job_id, attempt)",
+    "CREATE INDEX IF NOT EXISTS runs_flow ON dfjob.data_flow_runs (data_flow_id, id)",
+    "CREATE INDEX IF NOT EXISTS flows_due ON dfjob.data_flows (next_run_at) WHERE enabled",
 ]
 
 
-def schema_is_current() -> bool:
+def create_latest(version: int, now: datetime) -> None:
+    """Create the latest schema on an empty database, inside the caller's transaction."""
+    schema = pg_schema()
     database = database_proxy.obj
-    if not database.table_exists(SchemaVersion._meta.table_name):
-        return False
-    row = SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar()
-    return row is not None and int(row) >= SCHEMA_VERSION
-
-
-def ensure_schema() -> None:
-    """Create missing tables and indexes; safe when several processes start at once."""
-    if schema_is_current():
-        return
-    database = database_proxy.obj
-    with database.atomic():
-        if is_postgres(database):
-            # Held until commit: a second process waits, then finds the schema current.
-            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
-        if database.table_exists(SchemaVersion._meta.table_name) and schema_is_current():
-            return
-        database.create_tables(MODELS, safe=True)
-        for statement in INDEXES:
-            database.execute_sql(statement)
-        SchemaVersion.delete().execute()
-        SchemaVersion.create(version=SCHEMA_VERSION)
+    if schema is not None:
+        execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    database.create_tables(MODELS, safe=False)
+    for statement in INDEXES:
+        execute(statement)
+    SchemaVersion.create(version=version, name=f"create the schema at version {version}", applied_at=now)

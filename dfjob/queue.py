@@ -144,7 +144,7 @@ def retry_delay(attempts: int, retry: RetrySettings) -> float:
 def notify(queue: str) -> None:
     """Postgres: wake idle workers of a queue once the enclosing transaction commits."""
     if is_postgres():
-        execute("SELECT pg_notify(?, ?)", (wakeup.CHANNEL, queue))
+        execute("SELECT pg_notify(?, ?)", (wakeup.channel(), queue))
 
 
 def wake_after_commit() -> None:
@@ -168,21 +168,21 @@ def enqueue(
         enqueued: Enqueued | None = None
         with write_transaction():
             rows = execute(
-                "INSERT INTO jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues,"
+                "INSERT INTO dfjob.jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues,"
                 " run_at, params, created_at) VALUES (?, ?, ?, 'queued', 0, ?, 0, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING RETURNING id",
                 (data_flow_id, queue, priority, max_attempts, to_db_time(run_at), dump_json(params), to_db_time(now)),
             ).fetchall()
             if rows:
                 execute(
-                    "UPDATE data_flows SET last_run_at = ?, last_run_status = 'in_progress' WHERE id = ?",
+                    "UPDATE dfjob.data_flows SET last_run_at = ?, last_run_status = 'in_progress' WHERE id = ?",
                     (to_db_time(now), data_flow_id),
                 )
                 notify(queue)
                 enqueued = Enqueued(rows[0][0], data_flow_id, queue, deduplicated=False)
             else:
                 active = execute(
-                    "SELECT id, queue FROM jobs WHERE data_flow_id = ? AND status IN ('queued', 'running')",
+                    "SELECT id, queue FROM dfjob.jobs WHERE data_flow_id = ? AND status IN ('queued', 'running')",
                     (data_flow_id,),
                 ).fetchone()
                 if active:
@@ -202,7 +202,7 @@ def enqueue_many(flows: Sequence[tuple[int, str, int, int]], now: datetime) -> d
         return {}
     stamp = to_db_time(now)
     insert = (
-        "INSERT INTO jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues,"
+        "INSERT INTO dfjob.jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues,"
         " run_at, params, created_at)"
     )
     conflict = "ON CONFLICT DO NOTHING RETURNING data_flow_id, id"
@@ -230,7 +230,7 @@ def enqueue_many(flows: Sequence[tuple[int, str, int, int]], now: datetime) -> d
 
 
 _CLAIM_PICK = (
-    "SELECT id FROM jobs WHERE status = 'queued' AND queue IN ({queues}) AND run_at <= ?"
+    "SELECT id FROM dfjob.jobs WHERE status = 'queued' AND queue IN ({queues}) AND run_at <= ?"
     " ORDER BY priority, run_at, id LIMIT ?"
 )
 _CLAIM_SET = "SET status = 'running', attempts = attempts + 1, locked_by = ?, lease_token = ?, lease_expires_at = ?"
@@ -248,20 +248,20 @@ def claim_sql(postgres: bool, queue_count: int) -> str:
     pick = _CLAIM_PICK.format(queues=marks(queue_count))
     if not postgres:
         return (
-            f"UPDATE jobs {_CLAIM_SET} WHERE id IN ({pick})"
+            f"UPDATE dfjob.jobs {_CLAIM_SET} WHERE id IN ({pick})"
             " RETURNING id, data_flow_id, queue, attempts, max_attempts, params"
         )
     # MATERIALIZED: the locking subquery runs exactly once.
     return (
         f"WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED),"
-        f" claimed AS (UPDATE jobs {_CLAIM_SET} FROM picked WHERE jobs.id = picked.id"
+        f" claimed AS (UPDATE dfjob.jobs {_CLAIM_SET} FROM picked WHERE jobs.id = picked.id"
         "  RETURNING jobs.id, jobs.data_flow_id, jobs.queue, jobs.attempts, jobs.max_attempts, jobs.params),"
-        " runs AS (INSERT INTO data_flow_runs (data_flow_id, job_id, attempt, status, queue, worker, created_at)"
+        " runs AS (INSERT INTO dfjob.data_flow_runs (data_flow_id, job_id, attempt, status, queue, worker, created_at)"
         "  SELECT data_flow_id, id, attempts, 'pending', queue, ?, CAST(? AS timestamp) FROM claimed"
         "  RETURNING id, job_id)"
         " SELECT c.id, c.data_flow_id, c.queue, c.attempts, c.max_attempts, c.params,"
         "  f.name, f.class_path, f.configuration, f.timeout_seconds, r.id"
-        " FROM claimed c JOIN data_flows f ON f.id = c.data_flow_id JOIN runs r ON r.job_id = c.id"
+        " FROM claimed c JOIN dfjob.data_flows f ON f.id = c.data_flow_id JOIN runs r ON r.job_id = c.id"
         " ORDER BY c.id"
     )
 
@@ -331,7 +331,7 @@ def settle(
 def _mark_started_statement(run_ids: Sequence[int], stamp: datetime) -> tuple[str, list[Any]]:
     where, params = in_values("id", run_ids)
     return (
-        f"UPDATE data_flow_runs SET status = 'in_progress', started_at = ? WHERE {where} AND status = 'pending'",
+        f"UPDATE dfjob.data_flow_runs SET status = 'in_progress', started_at = ? WHERE {where} AND status = 'pending'",
         [to_db_time(stamp), *params],
     )
 
@@ -377,7 +377,7 @@ def _claim_sqlite(request: ClaimRequest, token: str) -> list[tuple[Any, ...]]:
     flows = {
         row[0]: row[1:]
         for row in execute(
-            "SELECT id, name, class_path, configuration, timeout_seconds FROM data_flows"
+            "SELECT id, name, class_path, configuration, timeout_seconds FROM dfjob.data_flows"
             f" WHERE id IN ({marks(len(flow_ids))})",
             flow_ids,
         ).fetchall()
@@ -387,7 +387,7 @@ def _claim_sqlite(request: ClaimRequest, token: str) -> list[tuple[Any, ...]]:
     for job_id, flow_id, queue, attempts, _, _ in jobs:
         run_params += [flow_id, job_id, attempts, queue, request.worker, stamp]
     runs = execute(
-        "INSERT INTO data_flow_runs (data_flow_id, job_id, attempt, status, queue, worker, created_at)"
+        "INSERT INTO dfjob.data_flow_runs (data_flow_id, job_id, attempt, status, queue, worker, created_at)"
         f" VALUES {values} RETURNING job_id, id",
         run_params,
     ).fetchall()
@@ -402,7 +402,8 @@ def renew_leases(worker: str, job_ids: Sequence[int], now: datetime, lease_secon
     expires = to_db_time(now + timedelta(seconds=lease_seconds))
     where, params = in_values("id", job_ids)
     rows = execute(
-        f"UPDATE jobs SET lease_expires_at = ? WHERE {where} AND locked_by = ? AND status = 'running' RETURNING id",
+        f"UPDATE dfjob.jobs SET lease_expires_at = ? WHERE {where} AND locked_by = ? AND status = 'running'"
+        " RETURNING id",
         [expires, *params, worker],
     ).fetchall()
     return {row[0] for row in rows}
@@ -423,18 +424,18 @@ _FINISH_ARRAYS = (
 def _finish_statements(postgres: bool, count: int) -> tuple[str, ...]:
     """The set-based statements that record `count` outcomes: jobs (fenced by lease token), runs, flows."""
     jobs = (
-        "UPDATE jobs SET status = v.job_status, run_at = COALESCE(v.run_at, jobs.run_at),"
+        "UPDATE dfjob.jobs SET status = v.job_status, run_at = COALESCE(v.run_at, jobs.run_at),"
         " finished_at = v.finished_at, last_error = v.last_error,"
         " locked_by = NULL, lease_token = NULL, lease_expires_at = NULL"
         " FROM v WHERE jobs.id = v.id AND jobs.lease_token = v.token AND jobs.status = 'running'"
         " RETURNING jobs.id"
     )
     runs = (
-        "UPDATE data_flow_runs SET status = v.run_status, ended_at = v.ended_at,"
+        "UPDATE dfjob.data_flow_runs SET status = v.run_status, ended_at = v.ended_at,"
         " duration_ms = v.duration_ms, result = v.result, error_message = v.error_message,"
         " error_backtrace = v.error_backtrace FROM v{join} WHERE data_flow_runs.id = v.run_id"
     )
-    flows = "UPDATE data_flows SET last_run_status = v.run_status FROM v{join} WHERE data_flows.id = v.flow_id"
+    flows = "UPDATE dfjob.data_flows SET last_run_status = v.run_status FROM v{join} WHERE data_flows.id = v.flow_id"
     if postgres:
         # One statement, one round trip: runs and flows change only where the fenced jobs update did.
         arrays = ", ".join(f"CAST(? AS {kind})" for kind in _FINISH_ARRAYS)
@@ -503,7 +504,9 @@ def rescue_expired(now: datetime, retry: RetrySettings, limit: int = 100) -> lis
     """Take back running jobs whose lease ran out: the lost attempt fails, the job retries or fails."""
     stamp = to_db_time(now)
     # Usually nothing has expired: find that out with a read, not a write lock (BEGIN IMMEDIATE).
-    if not execute("SELECT 1 FROM jobs WHERE status = 'running' AND lease_expires_at < ? LIMIT 1", (stamp,)).fetchone():
+    if not execute(
+        "SELECT 1 FROM dfjob.jobs WHERE status = 'running' AND lease_expires_at < ? LIMIT 1", (stamp,)
+    ).fetchone():
         return []
     # Lock only the job rows: a flow row locked here would make a heartbeat wait on the rescue.
     lock = " FOR UPDATE OF jobs SKIP LOCKED" if is_postgres() else ""
@@ -511,7 +514,7 @@ def rescue_expired(now: datetime, retry: RetrySettings, limit: int = 100) -> lis
     with write_transaction():
         rows = execute(
             "SELECT jobs.id, jobs.data_flow_id, jobs.attempts, jobs.max_attempts, jobs.locked_by, data_flows.name"
-            " FROM jobs JOIN data_flows ON data_flows.id = jobs.data_flow_id"
+            " FROM dfjob.jobs JOIN dfjob.data_flows ON dfjob.data_flows.id = jobs.data_flow_id"
             f" WHERE jobs.status = 'running' AND jobs.lease_expires_at < ? ORDER BY jobs.id LIMIT ?{lock}",
             (stamp, limit),
         ).fetchall()
@@ -519,7 +522,7 @@ def rescue_expired(now: datetime, retry: RetrySettings, limit: int = 100) -> lis
             lost = locked_by or "unknown"
             message = f"worker lost: {lost} stopped renewing its lease"
             run = execute(
-                "SELECT id, started_at, created_at FROM data_flow_runs"
+                "SELECT id, started_at, created_at FROM dfjob.data_flow_runs"
                 " WHERE job_id = ? AND status IN ('pending', 'in_progress') ORDER BY id DESC LIMIT 1",
                 (job_id,),
             ).fetchone()
@@ -530,8 +533,8 @@ def rescue_expired(now: datetime, retry: RetrySettings, limit: int = 100) -> lis
                 assert started is not None
                 duration_ms = max(0, int((now - started).total_seconds() * 1000))
                 execute(
-                    "UPDATE data_flow_runs SET status = 'failed', ended_at = ?, duration_ms = ?, error_message = ?"
-                    " WHERE job_id = ? AND status IN ('pending', 'in_progress')",
+                    "UPDATE dfjob.data_flow_runs SET status = 'failed', ended_at = ?, duration_ms = ?,"
+                    " error_message = ? WHERE job_id = ? AND status IN ('pending', 'in_progress')",
                     (stamp, duration_ms, message, job_id),
                 )
             will_retry = attempts < max_attempts
@@ -539,15 +542,15 @@ def rescue_expired(now: datetime, retry: RetrySettings, limit: int = 100) -> lis
             if will_retry:
                 run_at = to_db_time(now + timedelta(seconds=retry_delay(attempts, retry)))
                 execute(
-                    f"UPDATE jobs SET status = 'queued', run_at = ?, last_error = ?, {release} WHERE id = ?",
+                    f"UPDATE dfjob.jobs SET status = 'queued', run_at = ?, last_error = ?, {release} WHERE id = ?",
                     (run_at, message, job_id),
                 )
             else:
                 execute(
-                    f"UPDATE jobs SET status = 'failed', finished_at = ?, last_error = ?, {release} WHERE id = ?",
+                    f"UPDATE dfjob.jobs SET status = 'failed', finished_at = ?, last_error = ?, {release} WHERE id = ?",
                     (stamp, message, job_id),
                 )
-            execute("UPDATE data_flows SET last_run_status = 'failed' WHERE id = ?", (flow_id,))
+            execute("UPDATE dfjob.data_flows SET last_run_status = 'failed' WHERE id = ?", (flow_id,))
             rescued.append(
                 Rescued(job_id, run_id, flow_id, flow_name, lost, "queued" if will_retry else "failed", will_retry)
             )
@@ -557,18 +560,18 @@ def rescue_expired(now: datetime, retry: RetrySettings, limit: int = 100) -> lis
 def cancel_job(job_id: int, now: datetime) -> None:
     """A queued job becomes `cancelled`; anything else is refused."""
     with write_transaction():
-        row = execute("SELECT status, data_flow_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = execute("SELECT status, data_flow_id FROM dfjob.jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise DfjobError(f"no job with id {job_id}")
         if row[0] != "queued":
             raise DfjobError(f"job {job_id} is {row[0]}; only a queued job can be cancelled")
         execute(
-            "UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = 'queued'",
+            "UPDATE dfjob.jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = 'queued'",
             (to_db_time(now), job_id),
         )
         # The flow is no longer in progress: show the outcome of its latest run again.
         execute(
-            "UPDATE data_flows SET last_run_status = (SELECT status FROM data_flow_runs"
+            "UPDATE dfjob.data_flows SET last_run_status = (SELECT status FROM dfjob.data_flow_runs"
             " WHERE data_flow_id = ? ORDER BY id DESC LIMIT 1) WHERE id = ?",
             (row[1], row[1]),
         )
@@ -577,26 +580,28 @@ def cancel_job(job_id: int, now: datetime) -> None:
 def retry_job(job_id: int, now: datetime) -> Enqueued:
     """A failed or cancelled job goes back to `queued`, to run now, with fresh attempts."""
     with write_transaction():
-        row = execute("SELECT status, data_flow_id, queue FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = execute("SELECT status, data_flow_id, queue FROM dfjob.jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise DfjobError(f"no job with id {job_id}")
         if row[0] not in ("failed", "cancelled"):
             raise DfjobError(f"job {job_id} is {row[0]}; only a failed or cancelled job can be retried")
         active = execute(
-            "SELECT id FROM jobs WHERE data_flow_id = ? AND status IN ('queued', 'running')", (row[1],)
+            "SELECT id FROM dfjob.jobs WHERE data_flow_id = ? AND status IN ('queued', 'running')", (row[1],)
         ).fetchone()
         if active:
             raise DfjobError(f"job {job_id}: its data flow already has an active job {active[0]}")
         stamp = to_db_time(now)
         try:
             execute(
-                "UPDATE jobs SET status = 'queued', attempts = 0, run_at = ?, finished_at = NULL, last_error = NULL"
-                " WHERE id = ?",
+                "UPDATE dfjob.jobs SET status = 'queued', attempts = 0, run_at = ?, finished_at = NULL,"
+                " last_error = NULL WHERE id = ?",
                 (stamp, job_id),
             )
         except peewee.IntegrityError:
             raise DfjobError(f"job {job_id}: its data flow already has an active job") from None
-        execute("UPDATE data_flows SET last_run_at = ?, last_run_status = 'in_progress' WHERE id = ?", (stamp, row[1]))
+        execute(
+            "UPDATE dfjob.data_flows SET last_run_at = ?, last_run_status = 'in_progress' WHERE id = ?", (stamp, row[1])
+        )
         notify(row[2])
     wake_after_commit()
     return Enqueued(job_id, row[1], row[2], deduplicated=False)
@@ -619,19 +624,19 @@ def prune(older_than: datetime, statuses: Sequence[str] = FINISHED, batch: int =
             ids = [
                 row[0]
                 for row in execute(
-                    f"SELECT id FROM jobs WHERE finished_at < ? AND status IN ({marks(len(statuses))}) LIMIT ?",
+                    f"SELECT id FROM dfjob.jobs WHERE finished_at < ? AND status IN ({marks(len(statuses))}) LIMIT ?",
                     (to_db_time(older_than), *statuses, batch),
                 ).fetchall()
             ]
             if not ids:
                 return jobs_deleted, runs_deleted
             placeholders = marks(len(ids))
-            runs_deleted += execute(f"DELETE FROM data_flow_runs WHERE job_id IN ({placeholders})", ids).rowcount
-            jobs_deleted += execute(f"DELETE FROM jobs WHERE id IN ({placeholders})", ids).rowcount
+            runs_deleted += execute(f"DELETE FROM dfjob.data_flow_runs WHERE job_id IN ({placeholders})", ids).rowcount
+            jobs_deleted += execute(f"DELETE FROM dfjob.jobs WHERE id IN ({placeholders})", ids).rowcount
 
 
 def active_job_id(data_flow_id: int) -> int | None:
     row = execute(
-        "SELECT id FROM jobs WHERE data_flow_id = ? AND status IN ('queued', 'running')", (data_flow_id,)
+        "SELECT id FROM dfjob.jobs WHERE data_flow_id = ? AND status IN ('queued', 'running')", (data_flow_id,)
     ).fetchone()
     return None if row is None else int(row[0])

@@ -1,5 +1,8 @@
-"""Running SQL on either database: `?` placeholders everywhere, turned into psycopg's `%s` on
-Postgres; `IN` lists as one array parameter on Postgres, so a statement's text never depends on
+"""Running SQL on either database.
+
+Tables are written `dfjob.jobs`: that names the configured Postgres schema (`database.schema`)
+there and the plain table on SQLite. `?` placeholders everywhere, turned into psycopg's `%s` on
+Postgres. `IN` lists are one array parameter on Postgres, so a statement's text never depends on
 how many values it gets and psycopg prepares it once; and a pipeline that sends several
 statements to Postgres in one round trip.
 """
@@ -8,23 +11,28 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import peewee
 
-from dfjob.db import database_proxy, is_postgres
+from dfjob.db import database_proxy, is_postgres, pg_schema
+
+_QUALIFIER = re.compile(r"\bdfjob\.(?=[a-z_])")
 
 
-@functools.lru_cache(maxsize=256)
-def to_dialect(sql: str, postgres: bool) -> str:
-    return sql.replace("?", "%s") if postgres else sql
+@functools.lru_cache(maxsize=512)
+def to_dialect(sql: str, schema: str | None) -> str:
+    """The statement for the database in use: Postgres when `schema` is given, else SQLite."""
+    if schema is None:
+        return _QUALIFIER.sub("", sql)
+    return _QUALIFIER.sub(f'"{schema}".', sql).replace("?", "%s")
 
 
 def execute(sql: str, params: Sequence[Any] = ()) -> Any:
     """Run one statement on the current database; returns the cursor."""
-    database = database_proxy.obj
-    return database.execute_sql(to_dialect(sql, is_postgres(database)), params)
+    return database_proxy.obj.execute_sql(to_dialect(sql, pg_schema()), params)
 
 
 def marks(count: int) -> str:
@@ -51,5 +59,5 @@ def pipeline(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple
         with conn.pipeline():
             cursors = [conn.cursor() for _ in statements]
             for cursor, (sql, params) in zip(cursors, statements, strict=True):
-                cursor.execute(to_dialect(sql, True), params)
+                cursor.execute(to_dialect(sql, pg_schema()), params)
         return [cursor.fetchall() if cursor.description else [] for cursor in cursors]

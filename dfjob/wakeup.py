@@ -1,6 +1,6 @@
 """Waking idle workers the moment a job is enqueued; polling stays the source of truth.
 
-- Postgres: enqueue sends `NOTIFY dfjob_jobs` in its transaction (see `queue.notify`); each
+- Postgres: enqueue sends a NOTIFY on the schema's channel in its transaction (see `queue.notify`); each
   worker keeps one extra connection that LISTENs, and its socket is one more thing the worker's
   loop waits on. `worker.notify = false` turns this off (PgBouncer in transaction mode).
 - SQLite has no notifications, but its workers always share a host with the database file: each
@@ -13,6 +13,7 @@ Either way a lost wake-up costs at most one poll interval, never a job.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 import uuid
@@ -20,11 +21,19 @@ from typing import Protocol
 
 import peewee
 
-from dfjob.db import database_proxy, is_postgres
+from dfjob.db import database_proxy, is_postgres, pg_schema
 
-CHANNEL = "dfjob_jobs"
 # AF_UNIX paths are limited to 108 bytes; longer ones are reached through /proc/self/fd.
 MAX_SOCKET_PATH = 100
+
+
+def channel() -> str:
+    """The NOTIFY channel of the schema in use: two installs in one database wake only their own
+    workers. Channel names are identifiers (at most 63 bytes): a long schema name is hashed."""
+    name = f"dfjob_{pg_schema()}"
+    if len(name) > 63:
+        name = "dfjob_" + hashlib.blake2b(name.encode(), digest_size=16).hexdigest()
+    return name
 
 
 class Listener(Protocol):
@@ -90,7 +99,7 @@ class PostgresListener:
         import psycopg
 
         self.conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
-        self.conn.execute(f"LISTEN {CHANNEL}")
+        self.conn.execute(f'LISTEN "{channel()}"')
 
     def fileno(self) -> int:
         return self.conn.fileno()

@@ -43,6 +43,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import sqlite3
@@ -64,6 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 QUEUE = "default"
 CHANNEL = "dfjob_bench_jobs"
+TABLE_NAME = re.compile(r"\b(FROM|JOIN|UPDATE|INTO) +(jobs|data_flows|data_flow_runs)\b")
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BACKENDS = ("sqlite", "postgres")
@@ -102,7 +104,7 @@ class RawQueue:
         if self.postgres:
             import psycopg
 
-            self.conn = psycopg.connect(target, autocommit=True)
+            self.conn = psycopg.connect(target, autocommit=True, options="-c search_path=dfjob")
         else:
             self.conn = sqlite3.connect(target, isolation_level=None, timeout=30)
             # The same pragmas as dfjob's SQLite connections.
@@ -357,7 +359,7 @@ class PostgresServer:
     def _admin(self, statement: str) -> Any:
         import psycopg
 
-        with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=5, options="-c search_path=dfjob") as conn:
             cursor = conn.execute(statement)
             return cursor.fetchall() if cursor.description else None
 
@@ -432,10 +434,10 @@ class Env:
             database.close()
 
     def sql(self, statement: str, params: Sequence[Any] = ()) -> Any:
-        from dfjob import db
+        """One statement through dfjob's own connection; its tables are found in dfjob's schema."""
+        from dfjob import sql
 
-        database = db.database_proxy.obj
-        return database.execute_sql(statement.replace("?", "%s") if self.postgres else statement, params)
+        return sql.execute(TABLE_NAME.sub(r"\1 dfjob.\2", statement), params)
 
     @property
     def ts(self) -> str:
@@ -463,7 +465,7 @@ class Bench:
     @contextlib.contextmanager
     def fresh(self, server: Server, label: str) -> Iterator[Env]:
         from dfjob.config import load_settings
-        from dfjob.models import ensure_schema
+        from dfjob.migrations import create_schema
 
         self.count += 1
         folder = self.work / f"{server.name}-{self.count:03d}-{label}"
@@ -477,7 +479,7 @@ class Bench:
         env = Env(server, url, folder, config, load_settings(str(config)))
         try:
             env.open()
-            ensure_schema()
+            create_schema()
             yield env
         finally:
             for proc in list(RUNNING):

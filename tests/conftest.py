@@ -4,8 +4,10 @@ cloned per test from a template that already holds the schema)."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,9 +15,10 @@ import pytest
 
 from dfjob import clock, db, events
 from dfjob.config import DatabaseSettings, FlowSettings, RetrySettings, Settings, WorkerSettings
-from dfjob.models import ensure_schema
+from dfjob.migrations import create_schema
 
 SUPPORT_DIR = Path(__file__).parent / "support"
+FIXTURES_DIR = Path(__file__).parent / "fixtures"
 POSTGRES_URL = os.environ.get("DFJOB_TEST_POSTGRES_URL", "")
 REQUIRE_POSTGRES = os.environ.get("DFJOB_REQUIRE_POSTGRES") == "1"
 # One template per test session, so sessions running side by side do not drop each other's.
@@ -49,7 +52,7 @@ def postgres_template() -> Iterator[str]:
             pytest.fail(f"Postgres required but unavailable: {exc}")
         pytest.skip(f"Postgres unavailable: {exc}")
     db.connect(_url_for(TEMPLATE), ".")
-    ensure_schema()
+    create_schema()
     db.database_proxy.obj.close()
     yield TEMPLATE
     _admin_execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
@@ -89,6 +92,48 @@ def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     yield from _fresh_postgres(template)
 
 
+@pytest.fixture
+def make_empty_postgres(request: pytest.FixtureRequest) -> Iterator[Callable[[], str]]:
+    """`make_empty_postgres()`: a brand-new Postgres database with nothing of dfjob's in it."""
+    request.getfixturevalue("postgres_template")  # skips (or fails in CI) without a server
+    names: list[str] = []
+
+    def make() -> str:
+        names.append(f"dfjob_e_{uuid.uuid4().hex[:12]}")
+        _admin_execute(f"CREATE DATABASE {names[-1]}")
+        return _url_for(names[-1])
+
+    yield make
+    database = db.database_proxy.obj
+    if database is not None and not database.is_closed():
+        database.close()
+    for name in names:
+        _admin_execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def empty_postgres_url(make_empty_postgres: Callable[[], str]) -> str:
+    """A brand-new Postgres database with nothing of dfjob's in it."""
+    return make_empty_postgres()
+
+
+@pytest.fixture
+def v1_database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A database made by dfjob 0.1.0 (schema version 1), loaded from the committed fixtures
+    (see tests/fixtures/make_v1.py): flows, and jobs that are queued, running and finished."""
+    if backend == "sqlite":
+        path = tmp_path / "v1.sqlite3"
+        shutil.copy(FIXTURES_DIR / "v1.sqlite3", path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("make_empty_postgres")()
+    subprocess.run(
+        ["psql", "--quiet", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", FIXTURES_DIR / "v1.postgres.sql"],
+        check=True,
+        capture_output=True,
+    )
+    return url
+
+
 def make_settings(database_url: str, base_dir: Path, **sections: object) -> Settings:
     """Settings for tests: sample flows importable, retries at once, quick polling."""
     settings = Settings(
@@ -110,7 +155,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 def database(settings: Settings) -> Iterator[Settings]:
     """Connected, with tables; yields the settings. Closes the connection afterwards."""
     db.connect(settings.database.url, settings.base_dir)
-    ensure_schema()
+    create_schema()
     yield settings
     db.database_proxy.obj.close()
 

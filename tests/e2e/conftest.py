@@ -242,7 +242,7 @@ class Database:
                 conn.close()
         import psycopg
 
-        with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as pg:
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=5, options="-c search_path=dfjob") as pg:
             pg_cursor = pg.execute(sql.replace("?", "%s"), tuple(params))
             assert pg_cursor.description is not None
             names = [column.name for column in pg_cursor.description]

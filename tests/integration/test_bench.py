@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from dfjob import db, queue
-from dfjob.models import ensure_schema
+from dfjob.migrations import create_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "scripts" / "bench"
@@ -129,20 +129,23 @@ def _assert_claim_plan(plan: dict[str, Any]) -> None:
 @pytest.mark.postgres
 def test_claim_uses_the_partial_index_with_a_large_finished_history(postgres_url: str) -> None:
     database = db.connect(postgres_url, ".")
-    ensure_schema()
+    create_schema()
     database.execute_sql(
-        "INSERT INTO data_flows (name, class_path, queue, priority, enabled, configuration, created_at, updated_at)"
+        "INSERT INTO dfjob.data_flows (name, class_path, queue, priority, enabled, configuration, created_at,"
+        " updated_at)"
         " SELECT 'flow-' || g, 'sample_flows:Succeed', 'default', 0, TRUE, '{}', now(), now()"
         " FROM generate_series(1, 50) AS t(g)"
     )
     database.execute_sql(
-        "INSERT INTO jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues, run_at, params,"
+        "INSERT INTO dfjob.jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues, run_at,"
+        " params,"
         " created_at, finished_at)"
         " SELECT 1 + (g - (g / 50) * 50), 'default', 0, 'succeeded', 1, 3, 0, now() - interval '1 day', '{}',"
         " now() - interval '1 day', now() - interval '1 day' FROM generate_series(1, 200000) AS t(g)"
     )
     database.execute_sql(
-        "INSERT INTO jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues, run_at, params,"
+        "INSERT INTO dfjob.jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues, run_at,"
+        " params,"
         " created_at) SELECT g, 'default', 0, 'queued', 0, 3, 0, now(), '{}', now() FROM generate_series(1, 5) AS t(g)"
     )
     database.execute_sql("ANALYZE")

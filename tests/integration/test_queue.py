@@ -115,7 +115,8 @@ def test_second_enqueue_returns_the_active_job_deduplicated(database: Settings) 
 def _raw_insert(flow_id: int, status: str) -> None:
     stamp = to_db_time(clock.now())
     sql.execute(
-        "INSERT INTO jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues, run_at, params,"
+        "INSERT INTO dfjob.jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues, run_at,"
+        " params,"
         " created_at) VALUES (?, 'default', 0, ?, 0, 3, 0, ?, '{}', ?)",
         (flow_id, status, stamp, stamp),
     )

@@ -22,7 +22,7 @@ from dfjob import clock, db, queue
 from dfjob.cli import cli, main
 from dfjob.config import RetrySettings
 from dfjob.db import close_database
-from dfjob.models import ensure_schema
+from dfjob.migrations import create_schema
 from dfjob.registry import FlowSpec, add_flow
 from dfjob.trigger import trigger_run
 from tests.conftest import SUPPORT_DIR, make_settings
@@ -160,12 +160,24 @@ def test_db_init_json_and_idempotent(run: Cli) -> None:
     assert run.dump() == {table: [] for table in TABLES}
 
 
-def test_any_command_creates_missing_tables(run: Cli) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [["flows", "list"], ["flows", "show", "x"], ["flows", "export"], ["jobs"], ["runs"], ["db", "status"]],
+)
+def test_a_reading_command_refuses_a_missing_database_and_creates_nothing(run: Cli, command: list[str]) -> None:
+    result = run(*command)
+    assert result.code == 1
+    assert result.err == f"Error: no dfjob database at {run.db_path} (run `dfjob db init`)\n"
     assert not run.db_path.exists()
-    assert run.json("flows", "list") == []
+    assert not list(run.tmp_path.glob("dfjob.db*"))
+
+
+def test_a_writing_command_creates_missing_tables(run: Cli) -> None:
+    assert not run.db_path.exists()
+    add(run, "first")
     assert run.json("jobs") == []
     assert run.json("runs") == []
-    assert run.dump() == {table: [] for table in TABLES}
+    assert [row[1] for row in run.dump()["data_flows"]] == ["first"]
 
 
 def test_flows_add_prints_the_flow_object(run: Cli) -> None:
@@ -437,7 +449,7 @@ def populated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     settings = make_settings(f"sqlite:///{path}", path.parent)
     db.connect(settings.database.url, settings.base_dir)
     try:
-        ensure_schema()
+        create_schema()
         alpha = add_flow(settings, FlowSpec(name="alpha", class_path="sample_flows:Succeed", every="5m"))
         beta = add_flow(settings, FlowSpec(name="beta", class_path="sample_flows:Succeed"))
     finally:

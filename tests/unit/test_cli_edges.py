@@ -65,6 +65,7 @@ def test_setting_only_queues_allowed_leaves_commands_that_serve_no_queue_working
     tmp_path: Path, capsys: Capsys
 ) -> None:
     config = str(_config(tmp_path, '[queues]\nallowed = ["etl"]\n'))
+    _ok(capsys, "--config", config, "db", "init")
     assert json.loads(_ok(capsys, "--config", config, "flows", "list", "--json")) == []
     line = _refused(capsys, "--config", config, "worker", "--burst")
     assert "worker.queues: queue 'default'" in line

@@ -92,6 +92,28 @@ def test_local_dfjob_toml_is_used_when_nothing_else_is_given(tmp_path: Path, mon
     assert Path(settings.base_dir) == local_dir.resolve()
 
 
+def test_the_nearest_dfjob_toml_above_the_working_directory_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _config_with_url(tmp_path / "repo", "sqlite:///outer.db")
+    _config_with_url(tmp_path / "repo" / "pipelines", "sqlite:///inner.db")
+    deep = tmp_path / "repo" / "pipelines" / "etl" / "orders"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    settings = load_settings()
+    assert settings.database.url == "sqlite:///inner.db"
+    assert Path(settings.base_dir) == (tmp_path / "repo" / "pipelines").resolve()
+    monkeypatch.chdir(tmp_path / "repo")
+    assert load_settings().database.url == "sqlite:///outer.db"
+
+
+@pytest.mark.parametrize("schema", ["", "Dfjob", "1abc", "a-b", "x" * 64, 'a"b'])
+def test_a_postgres_schema_name_must_be_a_plain_identifier(tmp_path: Path, schema: str) -> None:
+    path = _write(tmp_path / "c.toml", f"[database]\nschema = {json.dumps(schema)}\n")
+    with pytest.raises(DfjobError, match=r"database\.schema must be"):
+        load_settings(str(path))
+
+
 def test_no_file_means_defaults_relative_to_the_working_directory() -> None:
     settings = load_settings()
     assert dataclasses.replace(settings, base_dir=".") == Settings()

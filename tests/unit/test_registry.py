@@ -19,7 +19,8 @@ from dfjob import clock, db, queue
 from dfjob.config import FlowSettings, QueueSettings, Settings
 from dfjob.errors import DfjobError
 from dfjob.flow import ClassPathRefused
-from dfjob.models import DataFlow, DataFlowRun, Job, ensure_schema
+from dfjob.migrations import create_schema
+from dfjob.models import DataFlow, DataFlowRun, Job
 from dfjob.registry import (
     FlowSpec,
     add_flow,
@@ -43,7 +44,7 @@ FLOW_KEYS = {
 
 def connect(settings: Settings) -> None:
     db.connect(settings.database.url, settings.base_dir)
-    ensure_schema()
+    create_schema()
 
 
 @pytest.fixture
