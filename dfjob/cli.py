@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import click
 import peewee
 
-from dfjob import __version__, clock, events, history, migrations, queue, registry
+from dfjob import __version__, clock, events, history, migrations, registry
 from dfjob.config import Settings, check_queue_name, load_settings, resolve_path
 from dfjob.db import close_database, connect, describe_error, redact_url, sqlite_path
 from dfjob.errors import DfjobError
@@ -26,6 +26,8 @@ from dfjob.heartbeat import heartbeat as run_heartbeat
 from dfjob.registry import FlowSpec, flow_to_dict, get_flow, parse_config_json
 from dfjob.schedule import parse_duration
 from dfjob.signals import on_stop
+from dfjob.store import check_finished_statuses, store
+from dfjob.store.rows import FINISHED
 from dfjob.trigger import parse_params, parse_run_at, retry_job, trigger_run
 
 _debug = False
@@ -500,7 +502,7 @@ def jobs_cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Cancel a queued job."""
     _app().open()
     number = _job_id(job_id)
-    queue.cancel_job(number, clock.now())
+    store().cancel(number, clock.now())
     data = history.get_job(number)
     _emit(as_json or ctx.meta.get("dfjob.json", False), data, lambda: f"Cancelled job {number}")
 
@@ -526,10 +528,10 @@ def prune(older_than: str | None, statuses: tuple[str, ...], as_json: bool) -> N
     """Delete finished jobs and their runs older than DUR."""
     settings = _app().settings
     seconds = parse_duration(older_than or settings.retention.finished_jobs)
-    queue.check_finished_statuses(statuses or queue.FINISHED)
+    check_finished_statuses(statuses or FINISHED)
     _app().open()
     cutoff = clock.now() - timedelta(seconds=seconds)
-    jobs_deleted, runs_deleted = queue.prune(cutoff, statuses or queue.FINISHED)
+    jobs_deleted, runs_deleted = store().prune(cutoff, statuses or FINISHED)
     data = {"jobs": jobs_deleted, "runs": runs_deleted}
     _emit(as_json, data, lambda: f"Deleted {jobs_deleted} jobs and {runs_deleted} runs")
 

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from dfjob import clock, events, queue
+from dfjob import clock, events
 from dfjob.config import Settings
 from dfjob.db import is_postgres, write_transaction
 from dfjob.models import from_db_time, to_db_time
 from dfjob.rescue import take_back_expired
 from dfjob.schedule import Schedule
 from dfjob.sql import execute, in_values
+from dfjob.store import store
 
 
 @dataclass(frozen=True)
@@ -37,14 +38,14 @@ def heartbeat(settings: Settings, now: datetime | None = None) -> HeartbeatResul
     with write_transaction():
         due = lock_due_flows(now, settings.queues.allowed)
         next_times = _next_times(due, now)
-        created = queue.enqueue_many(
+        created = store().enqueue_many(
             [(flow_id, flow_queue, priority, max_attempts or settings.retry.max_attempts)
              for flow_id, _, flow_queue, priority, max_attempts, _, _, _ in due],
             now,
         )  # fmt: skip
         advance_flows(next_times, created, now)
     if created:
-        queue.wake_after_commit()
+        store().wake_after_commit()
     for flow_id, name, flow_queue, *_ in due:
         if flow_id in created:
             events.emit(

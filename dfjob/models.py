@@ -5,7 +5,7 @@ upgraded from version 1 and one created here are the same.
 
 Times are stored as naive UTC in a fixed-width text form on SQLite (so text order is time order)
 and as TIMESTAMP on Postgres; both read back as aware UTC datetimes. JSON is stored as text on
-both, so the job-table SQL in `queue.py` is the same statement on either database.
+both, so most job-table SQL in `dfjob.store` is the same statement on either database.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any
 
 import peewee
 
-from dfjob import clock, queue
+from dfjob import clock
 from dfjob.config import (
     Settings,
     check_flow_name,
@@ -33,6 +33,7 @@ from dfjob.errors import DfjobError
 from dfjob.flow import add_import_paths, load_flow_class
 from dfjob.models import DataFlow
 from dfjob.schedule import Schedule, format_duration, parse_duration
+from dfjob.store import store
 
 IMPORT_KEYS = ("name", "class", "queue", "priority", "every", "cron", "config", "max_attempts", "timeout", "enabled")
 MAX_PRIORITY = 2**31 - 1
@@ -195,7 +196,7 @@ def set_enabled(flow: DataFlow, enabled: bool) -> DataFlow:
 def remove_flow(flow: DataFlow) -> None:
     """Delete a data flow with its jobs and runs; refused while it has an active job."""
     with write_transaction():
-        active = queue.active_job_id(flow.id)
+        active = store().active_job_id(flow.id)
         if active is not None:
             raise DfjobError(f"data flow {flow.name!r} has an active job {active}; cancel it or wait for it first")
         flow.delete_instance()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from dfjob import events, queue
+from dfjob import events
 from dfjob.config import RetrySettings
+from dfjob.store import store
 
 
 def take_back_expired(now: datetime, retry: RetrySettings) -> int:
-    """Rescue every job whose lease expired (see `queue.rescue_expired`), say so; returns how many."""
-    rescued = queue.rescue_expired(now, retry)
+    """Rescue every job whose lease expired (see `Store.rescue_expired`), say so; returns how many."""
+    rescued = store().rescue_expired(now, retry)
     for job in rescued:
         events.emit(
             events.JOB_RESCUED,

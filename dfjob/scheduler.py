@@ -13,11 +13,12 @@ from datetime import timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from dfjob import clock, events, queue
+from dfjob import clock, events
 from dfjob.config import Settings
 from dfjob.db import describe_error, is_connection_error, reset_connection
 from dfjob.heartbeat import heartbeat
 from dfjob.schedule import parse_duration
+from dfjob.store import store
 
 PRUNE_EVERY_SECONDS = 86400
 
@@ -46,7 +47,7 @@ class Scheduler:
     def prune(self) -> None:
         seconds = parse_duration(self.settings.retention.finished_jobs)
         try:
-            jobs, runs = queue.prune(clock.now() - timedelta(seconds=seconds))
+            jobs, runs = store().prune(clock.now() - timedelta(seconds=seconds))
             events.log.info("prune.finished", jobs=jobs, runs=runs)
         except Exception as exc:  # noqa: BLE001 (a failed prune must not stop the daemon)
             events.log.warning("prune.failed", error=describe_error(exc))

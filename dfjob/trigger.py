@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from dfjob import clock, events, queue
+from dfjob import clock, events
 from dfjob.config import Settings, check_queue_name, parse_json_object
 from dfjob.errors import DfjobError
 from dfjob.models import DataFlow
-from dfjob.queue import Enqueued
 from dfjob.registry import check_priority
+from dfjob.store import store
+from dfjob.store.rows import Enqueued
 
 
 def parse_params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, Any]:
@@ -48,7 +49,7 @@ def trigger_run(
     if priority is not None:
         check_priority(priority)
     now = clock.now()
-    enqueued = queue.enqueue(
+    enqueued = store().enqueue(
         flow.id,
         queue=name,
         priority=flow.priority if priority is None else priority,
@@ -64,7 +65,7 @@ def trigger_run(
 
 def retry_job(job_id: int) -> Enqueued:
     """Put a failed or cancelled job back on its queue with fresh attempts, and say so."""
-    enqueued = queue.retry_job(job_id, clock.now())
+    enqueued = store().retry(job_id, clock.now())
     _announce(enqueued, DataFlow.get_by_id(enqueued.data_flow_id))
     return enqueued
 

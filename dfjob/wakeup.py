@@ -1,6 +1,6 @@
 """Waking idle workers the moment a job is enqueued; polling stays the source of truth.
 
-- Postgres: enqueue sends a NOTIFY on the schema's channel in its transaction (see `queue.notify`); each
+- Postgres: enqueue sends a NOTIFY on the schema's channel in its transaction (see `Store.notify`); each
   worker keeps one extra connection that LISTENs, and its socket is one more thing the worker's
   loop waits on. `worker.notify = false` turns this off (PgBouncer in transaction mode).
 - SQLite has no notifications, but its workers always share a host with the database file: each

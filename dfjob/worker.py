@@ -2,7 +2,7 @@
 
 One runner process per concurrency slot runs user code; this supervisor owns every database
 write. Its loop (`run_once`) renews its leases and takes back expired ones now and then, and each
-turn writes, in one round trip (`queue.settle`), the runs it started and the attempts that ended
+turn writes, in one round trip (`Store.turn`), the runs it started and the attempts that ended
 since the last turn, together with a claim for its free slots; then it hands the new jobs out,
 stamping `started_at` just before each runner gets its job. It never sleeps blindly: it waits on
 the runners' pipes, a wake-up pipe and the enqueue wake-ups, so a result, a new job or a stop
@@ -15,28 +15,36 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from dfjob import clock, events, queue, wakeup
+from dfjob import clock, events, wakeup
 from dfjob.config import Settings, resolve_path
 from dfjob.db import describe_error, is_connection_error, reset_connection
 from dfjob.errors import DfjobError
-from dfjob.queue import Claimed, Outcome
 from dfjob.rescue import take_back_expired
 from dfjob.runner import SETTINGS_ENV
 from dfjob.schedule import format_duration
+from dfjob.store import store
+from dfjob.store.rows import Claimed, ClaimRequest, Finished, Outcome, Retry, RunStatus
 
 MAX_DB_BACKOFF = 30.0
 MAX_FAILED_STARTS = 5
 # How long a turn waits for quick runs before writing the starts it has handed out.
 START_WRITE_DELAY = 0.002
+
+
+def worker_name() -> str:
+    """A name unique to this process: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 @dataclass
@@ -85,7 +93,7 @@ class Worker:
         self.queues = tuple(queues or settings.worker.queues)
         self.concurrency = concurrency or settings.worker.concurrency
         self.max_jobs = max_jobs
-        self.name = name or queue.worker_name()
+        self.name = name or worker_name()
         self.slots: list[Slot] = []
         self.stats = Stats()
         self._burst = False
@@ -214,13 +222,13 @@ class Worker:
         request = None
         if free:
             limit = len(free) if self.max_jobs is None else min(len(free), self.max_jobs - self.stats.claimed)
-            request = queue.ClaimRequest(self.name, self.queues, limit, now, self.settings.worker.lease_seconds)
+            request = ClaimRequest(self.name, self.queues, limit, now, self.settings.worker.lease_seconds)
         outcomes, starts = self._pending_outcomes, self._unwritten_starts
         if not outcomes and not starts and request is None:
             return []
         self._pending_outcomes, self._unwritten_starts = [], []
         try:
-            finished, claimed = queue.settle(outcomes, starts, request, self.settings.retry)
+            finished, claimed = store().turn(outcomes, starts, request, self.settings.retry)
         except Exception:
             # Nothing was written: keep all of it for the next turn.
             self._pending_outcomes = outcomes + self._pending_outcomes
@@ -271,7 +279,7 @@ class Worker:
         if self._listener is None:
             self._open_listener()
         held = [slot.job.job_id for slot in self.slots if slot.job]
-        still_held = queue.renew_leases(self.name, held, now, lease)
+        still_held = store().renew(self.name, held, now, lease)
         for slot in self.slots:
             if slot.job and slot.job.job_id not in still_held:
                 # Someone took this job back: stop running it, write nothing about it.
@@ -326,7 +334,7 @@ class Worker:
                     self._record(slot, reply)
             elif slot.job and slot.deadline is not None and time.monotonic() >= slot.deadline:
                 seconds = slot.job.timeout_seconds or 0
-                self._fail_slot(slot, f"timed out after {format_duration(seconds)}", retry="normal")
+                self._fail_slot(slot, f"timed out after {format_duration(seconds)}", retry=Retry.NORMAL)
 
     def _record(self, slot: Slot, reply: dict[str, Any]) -> None:
         assert slot.job is not None
@@ -334,13 +342,13 @@ class Worker:
         self._pending_outcomes.append(
             Outcome(
                 job=slot.job,
-                status=reply["status"],
+                status=RunStatus(reply["status"]),
                 started_at=slot.started_at,
                 ended_at=clock.now(),
                 result=reply.get("result"),
                 error_message=reply.get("error_message"),
                 error_backtrace=reply.get("error_backtrace"),
-                retry=reply.get("retry", "normal"),
+                retry=Retry(reply.get("retry", "normal")),
             )
         )
         slot.job = slot.started_at = slot.deadline = None
@@ -354,18 +362,18 @@ class Worker:
             if self._failed_starts >= MAX_FAILED_STARTS:
                 raise DfjobError(f"runner processes keep dying as they start ({reason}); see the log above")
         if slot.job is not None:
-            self._fail_slot(slot, f"runner process died: {reason}", retry="normal")
+            self._fail_slot(slot, f"runner process died: {reason}", retry=Retry.NORMAL)
         else:
             self._replace(slot)
 
-    def _fail_slot(self, slot: Slot, message: str, retry: str) -> None:
+    def _fail_slot(self, slot: Slot, message: str, retry: Retry) -> None:
         """End the slot's attempt as failed, and give the slot a fresh runner."""
         assert slot.job is not None
         assert slot.started_at is not None
         self._pending_outcomes.append(
             Outcome(
                 job=slot.job,
-                status="failed",
+                status=RunStatus.FAILED,
                 started_at=slot.started_at,
                 ended_at=clock.now(),
                 error_message=message,
@@ -380,7 +388,7 @@ class Worker:
         slot.process, slot.inbox, slot.outbox, slot.ready = fresh.process, fresh.inbox, fresh.outbox, False
         slot.job = slot.started_at = slot.deadline = None
 
-    def _report(self, finished: list[queue.Finished]) -> None:
+    def _report(self, finished: list[Finished]) -> None:
         """One `job.finished` event per recorded outcome; a stale one only says its lease was lost."""
         for item in finished:
             job = item.outcome.job
@@ -414,7 +422,7 @@ class Worker:
     def _interrupt_all(self, message: str) -> None:
         for slot in self.slots:
             if slot.job is not None:
-                self._fail_slot(slot, message, retry="now")
+                self._fail_slot(slot, message, retry=Retry.NOW)
 
     def _database_down(self, exc: BaseException) -> None:
         self._db_backoff = min(MAX_DB_BACKOFF, max(0.5, self._db_backoff * 2))

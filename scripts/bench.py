@@ -879,15 +879,16 @@ def raw_enqueue_due(raw: RawQueue) -> int:
 
 def claim_plan(env: Env) -> str:
     """How the database would run dfjob's claim statement right now, in one line."""
-    from dfjob import queue
+    from dfjob import sql
+    from dfjob.store import postgres, sqlite
 
     now = db_stamp(utc_now())
     later = db_stamp(utc_now() + timedelta(seconds=60))
-    sql = queue.claim_sql(env.postgres, 1)
     if not env.postgres:
-        rows = env.sql("EXPLAIN QUERY PLAN " + sql, ("bench", "token", later, QUEUE, now, 8)).fetchall()
+        claim = sqlite.CLAIM.format(queues="?")
+        rows = sql.execute("EXPLAIN QUERY PLAN " + claim, ("bench", "token", later, QUEUE, now, 8)).fetchall()
         return "; ".join(str(row[-1]) for row in rows)
-    rows = env.sql("EXPLAIN " + sql, (QUEUE, now, 8, "bench", "token", later, "bench", now)).fetchall()
+    rows = sql.execute("EXPLAIN " + postgres.CLAIM, ([QUEUE], now, 8, "bench", "token", later, "bench", now)).fetchall()
     return "; ".join(" ".join(str(row[0]).split()) for row in rows if "Scan" in row[0] or "Sort" in row[0])
 
 

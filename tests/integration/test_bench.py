@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from dfjob import db, queue
+from dfjob import db
 from dfjob.migrations import create_schema
+from dfjob.sql import to_dialect
+from dfjob.store.postgres import CLAIM
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "scripts" / "bench"
@@ -149,19 +151,19 @@ def test_claim_uses_the_partial_index_with_a_large_finished_history(postgres_url
         " created_at) SELECT g, 'default', 0, 'queued', 0, 3, 0, now(), '{}', now() FROM generate_series(1, 5) AS t(g)"
     )
     database.execute_sql("ANALYZE")
-    sql = queue.claim_sql(True, 1)
+    sql = to_dialect(CLAIM, "dfjob")
     now, later = "2030-01-01 00:00:00.000000", "2030-01-01 00:01:00.000000"
     # The custom plan: what EXPLAIN shows for these parameter values.
-    params = ["default", now, 8, "bench-worker", "token", later, "bench-worker", now]
-    rows = database.execute_sql("EXPLAIN (FORMAT JSON) " + sql.replace("?", "%s"), params).fetchall()
+    params = [["default"], now, 8, "bench-worker", "token", later, "bench-worker", now]
+    rows = database.execute_sql("EXPLAIN (FORMAT JSON) " + sql, params).fetchall()
     _assert_claim_plan(rows[0][0][0])
     # The generic plan: psycopg prepares a statement run often, and Postgres may then plan it once for all values.
     numbered = sql
-    for index in range(1, sql.count("?") + 1):
-        numbered = numbered.replace("?", f"${index}", 1)
+    for index in range(1, sql.count("%s") + 1):
+        numbered = numbered.replace("%s", f"${index}", 1)
     database.execute_sql(f"PREPARE claim_plan AS {numbered}")
     database.execute_sql("SET plan_cache_mode = force_generic_plan")
-    arguments = f"'default', '{now}', 8, 'bench-worker', 'token', '{later}', 'bench-worker', '{now}'"
+    arguments = f"'{{default}}', '{now}', 8, 'bench-worker', 'token', '{later}', 'bench-worker', '{now}'"
     rows = database.execute_sql(f"EXPLAIN (FORMAT JSON) EXECUTE claim_plan({arguments})").fetchall()
     _assert_claim_plan(rows[0][0][0])
     database.close()

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 
-from dfjob import clock, db, events, queue
+from dfjob import clock, db, events
 from dfjob.config import Settings
 from dfjob.heartbeat import HeartbeatResult, heartbeat
 from dfjob.models import DataFlow, DataFlowRun, Job
 from dfjob.registry import FlowSpec, add_flow, set_enabled
+from dfjob.store import store
 from dfjob.trigger import trigger_run
+from tests.support import store_ops
 
 
 def _flow(settings: Settings, name: str, **spec: Any) -> DataFlow:
@@ -86,7 +88,7 @@ def test_every_moves_next_run_at_on_its_cadence_and_does_not_replay_missed_slots
     assert _next_run_at(flow) == t0 + timedelta(minutes=5)
     assert heartbeat(database, now=t0 + timedelta(minutes=2)).due == 0
 
-    queue.cancel_job(_active(flow).id, t0 + timedelta(minutes=3))
+    store().cancel(_active(flow).id, t0 + timedelta(minutes=3))
     # Slots at 5, 10, 15 and 20 minutes were missed: one job now, and the next slot after now.
     result = heartbeat(database, now=t0 + timedelta(minutes=23))
 
@@ -106,7 +108,7 @@ def test_cron_moves_next_run_at_to_the_next_fire_time_and_does_not_replay_missed
     assert heartbeat(database, now=fire).enqueued == 1
     assert _next_run_at(flow) == fire + timedelta(days=1)
 
-    queue.cancel_job(_active(flow).id, fire + timedelta(hours=1))
+    store().cancel(_active(flow).id, fire + timedelta(hours=1))
     result = heartbeat(database, now=fire + timedelta(days=3, hours=1))
 
     assert result == HeartbeatResult(due=1, enqueued=1, skipped=0)
@@ -124,7 +126,7 @@ def test_a_due_flow_with_an_active_job_is_skipped_and_its_next_run_at_still_adva
     assert queued == HeartbeatResult(due=1, enqueued=0, skipped=1)
     assert _next_run_at(flow) == t0 + timedelta(minutes=2)
 
-    [claimed] = queue.claim("w", ["default"], 1, t0 + timedelta(seconds=62), 3600)
+    [claimed] = store_ops.claim("w", ["default"], 1, t0 + timedelta(seconds=62), 3600)
     assert claimed.job_id == first.id
     running = heartbeat(database, now=t0 + timedelta(seconds=121))
     assert running == HeartbeatResult(due=1, enqueued=0, skipped=1)
@@ -170,8 +172,8 @@ def test_heartbeat_rescues_expired_leases(
     flow = _flow(database, "orphaned")
     job_id = trigger_run(database, flow).job_id
     t0 = clock.now()
-    [claimed] = queue.claim("host:1:vanished", ["default"], 1, t0, 30)
-    queue.mark_started([claimed.run_id], t0)
+    [claimed] = store_ops.claim("host:1:vanished", ["default"], 1, t0, 30)
+    store_ops.mark_started([claimed.run_id], t0)
 
     heartbeat(database, now=t0 + timedelta(seconds=10))
     assert Job.get_by_id(job_id).status == "running"

@@ -9,14 +9,16 @@ from typing import Any
 import peewee
 import pytest
 
-from dfjob import clock, queue, sql
+from dfjob import clock, sql
 from dfjob.config import RetrySettings, Settings
 from dfjob.db import write_transaction
 from dfjob.errors import DfjobError
 from dfjob.models import DataFlow, DataFlowRun, Job, to_db_time
-from dfjob.queue import Claimed, Outcome
 from dfjob.registry import FlowSpec, add_flow
+from dfjob.store import store
+from dfjob.store.rows import Claimed, Outcome
 from dfjob.trigger import trigger_run
+from tests.support import store_ops
 
 WORKER = "worker-a"
 
@@ -34,7 +36,7 @@ def _enqueue(
     queue_name: str | None = None,
     max_attempts: int = 3,
 ) -> int:
-    enqueued = queue.enqueue(
+    enqueued = store().enqueue(
         flow.id,
         queue=queue_name or flow.queue,
         priority=flow.priority if priority is None else priority,
@@ -50,7 +52,7 @@ def _enqueue(
 def _claim_one(
     now: datetime, worker: str = WORKER, lease: float = 60, queues: tuple[str, ...] = ("default",)
 ) -> Claimed:
-    [claimed] = queue.claim(worker, queues, 1, now, lease)
+    [claimed] = store_ops.claim(worker, queues, 1, now, lease)
     return claimed
 
 
@@ -106,7 +108,7 @@ def test_second_enqueue_returns_the_active_job_deduplicated(database: Settings) 
     assert (while_running.job_id, while_running.deduplicated) == (running.job_id, True)
     assert Job.select().count() == 1
 
-    queue.finish([_outcome(running, "success", clock.now(), clock.now())], database.retry)
+    store_ops.finish([_outcome(running, "success", clock.now(), clock.now())], database.retry)
     after = trigger_run(database, flow)
     assert after.deduplicated is False
     assert after.job_id != first.job_id
@@ -161,13 +163,13 @@ def test_claim_serves_only_the_given_queues_and_due_jobs(database: Settings) -> 
     in_c = _enqueue(_flow(database, "qc", queue="c"), now)
     future = _enqueue(_flow(database, "qfuture", queue="a"), now, run_at=now + timedelta(minutes=5))
 
-    claimed = queue.claim(WORKER, ["a", "b"], 10, now, 60)
+    claimed = store_ops.claim(WORKER, ["a", "b"], 10, now, 60)
 
     assert sorted(job.job_id for job in claimed) == sorted([in_a, in_b])
     assert _job(in_c).status == "queued"
     assert _job(future).status == "queued"
-    assert queue.claim(WORKER, ["a"], 10, now + timedelta(minutes=4), 60) == []
-    [due_later] = queue.claim(WORKER, ["a"], 10, now + timedelta(minutes=5), 60)
+    assert store_ops.claim(WORKER, ["a"], 10, now + timedelta(minutes=4), 60) == []
+    [due_later] = store_ops.claim(WORKER, ["a"], 10, now + timedelta(minutes=5), 60)
     assert due_later.job_id == future
 
 
@@ -175,7 +177,7 @@ def test_claim_takes_at_most_limit_jobs(database: Settings) -> None:
     now = clock.now()
     for index in range(5):
         _enqueue(_flow(database, f"limit{index}"), now)
-    assert len(queue.claim(WORKER, ["default"], 2, now, 60)) == 2
+    assert len(store_ops.claim(WORKER, ["default"], 2, now, 60)) == 2
     assert Job.select().where(Job.status == "running").count() == 2
     assert Job.select().where(Job.status == "queued").count() == 3
 
@@ -196,7 +198,7 @@ def test_claim_counts_an_attempt_takes_a_lease_and_creates_a_pending_run(databas
     assert (run.id, run.status, run.attempt, run.worker, run.queue) == (claimed.run_id, "pending", 1, WORKER, "default")
     assert run.started_at is None
 
-    queue.finish([_outcome(claimed, "failed", now, now, error_message="x")], _retry())
+    store_ops.finish([_outcome(claimed, "failed", now, now, error_message="x")], _retry())
     second = _claim_one(now + timedelta(seconds=1), worker="worker-b")
     assert second.attempt == 2
     assert second.lease_token != claimed.lease_token
@@ -212,7 +214,7 @@ def test_mark_started_moves_runs_in_progress_with_started_at(database: Settings)
     _enqueue(_flow(database, "start"), now)
     claimed = _claim_one(now)
     started = now + timedelta(seconds=2)
-    queue.mark_started([claimed.run_id], started)
+    store_ops.mark_started([claimed.run_id], started)
     run = DataFlowRun.get_by_id(claimed.run_id)
     assert (run.status, run.started_at) == ("in_progress", started)
 
@@ -225,10 +227,10 @@ def test_finish_success_records_the_run_and_succeeds_the_job(database: Settings)
     flow = _flow(database, "ok")
     job_id = _enqueue(flow, now)
     claimed = _claim_one(now)
-    queue.mark_started([claimed.run_id], now)
+    store_ops.mark_started([claimed.run_id], now)
     ended = now + timedelta(milliseconds=1500)
 
-    [done] = queue.finish([_outcome(claimed, "success", now, ended, result={"rows": 3})], database.retry)
+    [done] = store_ops.finish([_outcome(claimed, "success", now, ended, result={"rows": 3})], database.retry)
 
     assert (done.stale, done.job_status, done.will_retry, done.duration_ms) == (False, "succeeded", False, 1500)
     job = _job(job_id)
@@ -254,7 +256,7 @@ def test_finish_failed_with_attempts_left_requeues_after_doubling_capped_backoff
         claimed = _claim_one(now)
         assert claimed.attempt == attempt
         ended = now + timedelta(seconds=1)
-        [done] = queue.finish([_outcome(claimed, "failed", now, ended, error_message=f"boom {attempt}")], retry)
+        [done] = store_ops.finish([_outcome(claimed, "failed", now, ended, error_message=f"boom {attempt}")], retry)
         assert (done.job_status, done.will_retry) == ("queued", True)
         job = _job(job_id)
         assert (job.status, job.last_error, job.locked_by, job.finished_at) == ("queued", f"boom {attempt}", None, None)
@@ -271,7 +273,7 @@ def test_finish_failed_with_zero_backoff_retries_at_once(database: Settings) -> 
     job_id = _enqueue(_flow(database, "instant"), now)
     claimed = _claim_one(now)
     ended = now + timedelta(seconds=3)
-    queue.finish([_outcome(claimed, "failed", now, ended, error_message="e")], _retry(0, 3600))
+    store_ops.finish([_outcome(claimed, "failed", now, ended, error_message="e")], _retry(0, 3600))
     job = _job(job_id)
     assert (job.status, job.run_at) == ("queued", ended)
     assert _claim_one(ended).job_id == job_id
@@ -282,7 +284,7 @@ def test_finish_failed_with_attempts_used_up_fails_the_job(database: Settings) -
     job_id = _enqueue(_flow(database, "exhausted"), now, max_attempts=2)
     for attempt in (1, 2):
         claimed = _claim_one(now)
-        [done] = queue.finish(
+        [done] = store_ops.finish(
             [_outcome(claimed, "failed", now, now, error_message=f"e{attempt}", error_backtrace="Traceback …")],
             _retry(),
         )
@@ -296,11 +298,13 @@ def test_finish_with_retry_never_fails_at_once_despite_attempts_left(database: S
     now = clock.now()
     job_id = _enqueue(_flow(database, "discarded"), now, max_attempts=5)
     claimed = _claim_one(now)
-    [done] = queue.finish([_outcome(claimed, "failed", now, now, error_message="Discard: no", retry="never")], _retry())
+    [done] = store_ops.finish(
+        [_outcome(claimed, "failed", now, now, error_message="Discard: no", retry="never")], _retry()
+    )
     assert (done.job_status, done.will_retry) == ("failed", False)
     job = _job(job_id)
     assert (job.status, job.attempts, job.last_error) == ("failed", 1, "Discard: no")
-    assert queue.claim(WORKER, ["default"], 1, now + timedelta(days=1), 60) == []
+    assert store_ops.claim(WORKER, ["default"], 1, now + timedelta(days=1), 60) == []
 
 
 # -- fencing -----------------------------------------------------------------------------------------
@@ -312,18 +316,18 @@ def test_a_stale_worker_cannot_complete_or_fail_a_job_whose_lease_was_taken(data
     flow = _flow(database, "fenced")
     job_id = _enqueue(flow, t0)
     old = _claim_one(t0, worker="sleepy", lease=30)
-    queue.mark_started([old.run_id], t0)
-    [rescued] = queue.rescue_expired(t0 + timedelta(seconds=31), _retry())
+    store_ops.mark_started([old.run_id], t0)
+    [rescued] = store().rescue_expired(t0 + timedelta(seconds=31), _retry())
     assert rescued.job_id == job_id
     new = _claim_one(t0 + timedelta(seconds=32), worker="fresh", lease=30)
-    queue.mark_started([new.run_id], t0 + timedelta(seconds=32))
+    store_ops.mark_started([new.run_id], t0 + timedelta(seconds=32))
 
     late = t0 + timedelta(seconds=40)
     for status in ("success", "failed"):
-        [result] = queue.finish([_outcome(old, status, t0, late, error_message="late", result=None)], _retry())
+        [result] = store_ops.finish([_outcome(old, status, t0, late, error_message="late", result=None)], _retry())
         assert result.stale is True
-    wrong_token = replace(new, lease_token="0" * 32)
-    [result] = queue.finish([_outcome(wrong_token, "success", t0, late)], _retry())
+    wrong_token = new._replace(lease_token="0" * 32)
+    [result] = store_ops.finish([_outcome(wrong_token, "success", t0, late)], _retry())
     assert result.stale is True
 
     job = _job(job_id)
@@ -334,7 +338,7 @@ def test_a_stale_worker_cannot_complete_or_fail_a_job_whose_lease_was_taken(data
     assert (new_run.status, new_run.ended_at) == ("in_progress", None)
     assert DataFlow.get_by_id(flow.id).last_run_status == "failed"
 
-    [done] = queue.finish([_outcome(new, "success", t0, late)], _retry())
+    [done] = store_ops.finish([_outcome(new, "success", t0, late)], _retry())
     assert (done.stale, _job(job_id).status) == (False, "succeeded")
 
 
@@ -350,16 +354,16 @@ def test_renew_leases_extends_only_this_workers_running_jobs(database: Settings)
     other = _claim_one(now, worker="them", lease=30)
     finished = _claim_one(now, worker="me", lease=30)
     assert (first.job_id, other.job_id, finished.job_id) == (mine, theirs, done)
-    queue.finish([_outcome(finished, "success", now, now)], _retry())
+    store_ops.finish([_outcome(finished, "success", now, now)], _retry())
 
     later = now + timedelta(seconds=20)
-    held = queue.renew_leases("me", [mine, theirs, done], later, 30)
+    held = store().renew("me", [mine, theirs, done], later, 30)
 
     assert held == {mine}
     assert _job(mine).lease_expires_at == later + timedelta(seconds=30)
     assert _job(theirs).lease_expires_at == now + timedelta(seconds=30)
     assert _job(done).lease_expires_at is None
-    assert queue.renew_leases("me", [], later, 30) == set()
+    assert store().renew("me", [], later, 30) == set()
 
 
 def test_rescue_expired_fails_the_lost_run_and_requeues_the_job(database: Settings) -> None:
@@ -367,13 +371,13 @@ def test_rescue_expired_fails_the_lost_run_and_requeues_the_job(database: Settin
     flow = _flow(database, "lost")
     job_id = _enqueue(flow, t0, max_attempts=3)
     claimed = _claim_one(t0, worker="host:123:dead", lease=30)
-    queue.mark_started([claimed.run_id], t0)
+    store_ops.mark_started([claimed.run_id], t0)
 
-    assert queue.rescue_expired(t0 + timedelta(seconds=29), _retry()) == []
+    assert store().rescue_expired(t0 + timedelta(seconds=29), _retry()) == []
     assert _job(job_id).status == "running"
 
     later = t0 + timedelta(seconds=31)
-    [rescued] = queue.rescue_expired(later, _retry())
+    [rescued] = store().rescue_expired(later, _retry())
 
     assert (rescued.job_id, rescued.run_id, rescued.lost_worker) == (job_id, claimed.run_id, "host:123:dead")
     assert (rescued.job_status, rescued.will_retry, rescued.data_flow_name) == ("queued", True, "lost")
@@ -385,7 +389,7 @@ def test_rescue_expired_fails_the_lost_run_and_requeues_the_job(database: Settin
     assert (run.status, run.ended_at, run.duration_ms) == ("failed", later, 31000)
     assert "host:123:dead" in (run.error_message or "")
     assert DataFlow.get_by_id(flow.id).last_run_status == "failed"
-    assert queue.rescue_expired(later + timedelta(hours=1), _retry()) == []
+    assert store().rescue_expired(later + timedelta(hours=1), _retry()) == []
 
     again = _claim_one(later)
     assert again.attempt == 2
@@ -396,7 +400,7 @@ def test_rescue_expired_fails_the_job_when_its_attempts_are_used_up(database: Se
     job_id = _enqueue(_flow(database, "lastchance"), t0, max_attempts=1)
     claimed = _claim_one(t0, worker="gone", lease=10)
     later = t0 + timedelta(seconds=11)
-    [rescued] = queue.rescue_expired(later, _retry())
+    [rescued] = store().rescue_expired(later, _retry())
     assert (rescued.job_status, rescued.will_retry) == ("failed", False)
     job = _job(job_id)
     assert (job.status, job.attempts, job.rescues, job.finished_at) == ("failed", 1, 1, later)
@@ -416,16 +420,16 @@ def test_cancel_job_cancels_only_a_queued_job(database: Settings) -> None:
     running = _enqueue(running_flow, now, run_at=now - timedelta(seconds=1))
     assert _claim_one(now).job_id == running
 
-    queue.cancel_job(queued, now)
+    store().cancel(queued, now)
 
     job = _job(queued)
     assert (job.status, job.finished_at) == ("cancelled", now)
     with pytest.raises(DfjobError, match="only a queued job"):
-        queue.cancel_job(running, now)
+        store().cancel(running, now)
     with pytest.raises(DfjobError, match="only a queued job"):
-        queue.cancel_job(queued, now)
+        store().cancel(queued, now)
     with pytest.raises(DfjobError, match="no job"):
-        queue.cancel_job(987654, now)
+        store().cancel(987654, now)
     assert _job(running).status == "running"
 
 
@@ -433,13 +437,13 @@ def test_retry_job_requeues_a_failed_or_cancelled_job_with_fresh_attempts(databa
     now = clock.now()
     failed = _enqueue(_flow(database, "failing"), now, max_attempts=1)
     claimed = _claim_one(now)
-    queue.finish([_outcome(claimed, "failed", now, now, error_message="bad")], _retry())
+    store_ops.finish([_outcome(claimed, "failed", now, now, error_message="bad")], _retry())
     cancelled = _enqueue(_flow(database, "cancelling"), now)
-    queue.cancel_job(cancelled, now)
+    store().cancel(cancelled, now)
     later = now + timedelta(minutes=1)
 
-    queue.retry_job(failed, later)
-    queue.retry_job(cancelled, later)
+    store().retry(failed, later)
+    store().retry(cancelled, later)
 
     for job_id in (failed, cancelled):
         job = _job(job_id)
@@ -457,15 +461,15 @@ def test_retry_job_is_refused_while_the_flow_has_another_active_job(database: Se
     now = clock.now()
     flow = _flow(database, "crowded")
     old = _enqueue(flow, now)
-    queue.cancel_job(old, now)
+    store().cancel(old, now)
     active = trigger_run(database, flow)
     assert not active.deduplicated
 
     with pytest.raises(DfjobError, match="active job"):
-        queue.retry_job(old, now)
+        store().retry(old, now)
     assert _job(old).status == "cancelled"
     with pytest.raises(DfjobError, match="only a failed or cancelled"):
-        queue.retry_job(active.job_id, now)
+        store().retry(active.job_id, now)
 
 
 def test_prune_deletes_only_finished_jobs_older_than_the_cutoff_with_their_runs(database: Settings) -> None:
@@ -475,16 +479,16 @@ def test_prune_deletes_only_finished_jobs_older_than_the_cutoff_with_their_runs(
 
     old_success = _enqueue(_flow(database, "oldsuccess"), old)
     claimed = _claim_one(old)
-    queue.finish([_outcome(claimed, "success", old, old)], _retry())
+    store_ops.finish([_outcome(claimed, "success", old, old)], _retry())
     old_failed = _enqueue(_flow(database, "oldfailed"), old, max_attempts=2)
     for _ in range(2):
         claimed = _claim_one(old)
-        queue.finish([_outcome(claimed, "failed", old, old, error_message="x")], _retry())
+        store_ops.finish([_outcome(claimed, "failed", old, old, error_message="x")], _retry())
     old_cancelled = _enqueue(_flow(database, "oldcancelled"), old)
-    queue.cancel_job(old_cancelled, old)
+    store().cancel(old_cancelled, old)
     new_success = _enqueue(_flow(database, "newsuccess"), recent)
     claimed = _claim_one(recent)
-    queue.finish([_outcome(claimed, "success", recent, recent)], _retry())
+    store_ops.finish([_outcome(claimed, "success", recent, recent)], _retry())
     old_queued = _enqueue(_flow(database, "oldqueued"), old, run_at=clock.now() + timedelta(days=1))
     old_running = _enqueue(_flow(database, "oldrunning"), old)
     assert _claim_one(old).job_id == old_running
@@ -494,40 +498,25 @@ def test_prune_deletes_only_finished_jobs_older_than_the_cutoff_with_their_runs(
         "cancelled",
     }
 
-    assert queue.prune(cutoff, batch=2) == (3, 3)
+    assert store().prune(cutoff, batch=2) == (3, 3)
 
     assert {job.id for job in Job.select()} == {new_success, old_queued, old_running}
     assert {run.job_id for run in DataFlowRun.select()} == {new_success, old_running}
-    assert queue.prune(cutoff) == (0, 0)
+    assert store().prune(cutoff) == (0, 0)
 
 
 def test_prune_with_statuses_deletes_only_jobs_that_ended_so(database: Settings) -> None:
     old = clock.now() - timedelta(days=40)
     succeeded = _enqueue(_flow(database, "succeeded"), old)
-    queue.finish([_outcome(_claim_one(old), "success", old, old)], _retry())
+    store_ops.finish([_outcome(_claim_one(old), "success", old, old)], _retry())
     failed = _enqueue(_flow(database, "failed"), old, max_attempts=1)
-    queue.finish([_outcome(_claim_one(old), "failed", old, old, error_message="x")], _retry())
+    store_ops.finish([_outcome(_claim_one(old), "failed", old, old, error_message="x")], _retry())
     cancelled = _enqueue(_flow(database, "cancelled"), old)
-    queue.cancel_job(cancelled, old)
+    store().cancel(cancelled, old)
 
-    assert queue.prune(clock.now(), ("failed", "cancelled")) == (2, 1)
+    assert store().prune(clock.now(), ("failed", "cancelled")) == (2, 1)
 
     assert {job.id for job in Job.select()} == {succeeded}
     assert failed not in {run.job_id for run in DataFlowRun.select()}
     with pytest.raises(DfjobError):
-        queue.prune(clock.now(), ("queued",))
-
-
-# -- retry delay -------------------------------------------------------------------------------------
-
-
-def test_retry_delay_doubles_within_jitter_bounds_and_is_capped(database: Settings) -> None:
-    retry = RetrySettings(max_attempts=3, backoff_initial=10, backoff_max=3600)
-    for attempts in range(1, 8):
-        base = 10 * 2 ** (attempts - 1)
-        samples = [queue.retry_delay(attempts, retry) for _ in range(200)]
-        assert all(base <= value <= 1.1 * base for value in samples), (attempts, min(samples), max(samples))
-        assert len(set(samples)) > 1  # jittered, so workers retrying together spread out
-    assert {queue.retry_delay(attempts, retry) for attempts in (10, 50, 1000)} == {3600.0}
-    assert queue.retry_delay(1, RetrySettings(backoff_initial=100, backoff_max=50)) == 50.0
-    assert queue.retry_delay(5, RetrySettings(backoff_initial=0, backoff_max=3600)) == 0.0
+        store().prune(clock.now(), ("queued",))

@@ -18,14 +18,17 @@ import pytest
 from click.testing import CliRunner
 
 import dfjob
-from dfjob import clock, db, queue
+from dfjob import clock, db
 from dfjob.cli import cli, main
 from dfjob.config import RetrySettings
 from dfjob.db import close_database
 from dfjob.migrations import create_schema
 from dfjob.registry import FlowSpec, add_flow
+from dfjob.store import store
+from dfjob.store.rows import Outcome
 from dfjob.trigger import trigger_run
 from tests.conftest import SUPPORT_DIR, make_settings
+from tests.support import store_ops
 
 TABLES = ("data_flows", "jobs", "data_flow_runs")
 FLOW_KEYS = {
@@ -110,14 +113,14 @@ def finish_jobs(db_path: Path, flow_id: int, count: int, status: str = "success"
     try:
         for _ in range(count):
             now = clock.now()
-            enqueued = queue.enqueue(
+            enqueued = store().enqueue(
                 flow_id, queue="default", priority=0, params={}, run_at=now, max_attempts=1, now=now
             )
             assert not enqueued.deduplicated
-            [claimed] = queue.claim("test-worker", ["default"], 1, now, 60)
+            [claimed] = store_ops.claim("test-worker", ["default"], 1, now, 60)
             assert claimed.job_id == enqueued.job_id
-            queue.mark_started([claimed.run_id], now)
-            outcome = queue.Outcome(
+            store_ops.mark_started([claimed.run_id], now)
+            outcome = Outcome(
                 job=claimed,
                 status=status,
                 started_at=now,
@@ -125,7 +128,7 @@ def finish_jobs(db_path: Path, flow_id: int, count: int, status: str = "success"
                 result={"n": claimed.job_id} if status == "success" else None,
                 error_message=None if status == "success" else "it broke",
             )
-            queue.finish([outcome], RetrySettings(backoff_initial=0, backoff_max=0))
+            store_ops.finish([outcome], RetrySettings(backoff_initial=0, backoff_max=0))
             job_ids.append(enqueued.job_id)
     finally:
         close_database()

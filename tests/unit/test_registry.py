@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from dfjob import clock, db, queue
+from dfjob import clock, db
 from dfjob.config import FlowSettings, QueueSettings, Settings
 from dfjob.errors import DfjobError
 from dfjob.flow import ClassPathRefused
@@ -32,8 +32,10 @@ from dfjob.registry import (
     set_enabled,
     update_flow,
 )
+from dfjob.store.rows import Outcome
 from dfjob.trigger import trigger_run
 from tests.conftest import make_settings
+from tests.support import store_ops
 
 TABLES = ("data_flows", "jobs", "data_flow_runs")
 FLOW_KEYS = {
@@ -74,12 +76,12 @@ def run_to_end(settings: Settings, flow: DataFlow, status: str = "success") -> i
     """Enqueue a job for the flow and record one finished attempt, without a worker process."""
     enqueued = trigger_run(settings, flow)
     now = clock.now()
-    [claimed] = queue.claim("test-worker", [enqueued.queue], 1, now, 60)
-    queue.mark_started([claimed.run_id], now)
+    [claimed] = store_ops.claim("test-worker", [enqueued.queue], 1, now, 60)
+    store_ops.mark_started([claimed.run_id], now)
     assert claimed.job_id == enqueued.job_id
     # retry="never": a failed attempt fails its job at once, as Discard does.
-    outcome = queue.Outcome(job=claimed, status=status, started_at=now, ended_at=now, error_message="no", retry="never")
-    [finished] = queue.finish([outcome], settings.retry)
+    outcome = Outcome(job=claimed, status=status, started_at=now, ended_at=now, error_message="no", retry="never")
+    [finished] = store_ops.finish([outcome], settings.retry)
     assert finished.job_status == ("succeeded" if status == "success" else "failed")
     return enqueued.job_id
 

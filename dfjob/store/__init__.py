@@ -1,0 +1,394 @@
+"""All job-table SQL behind one interface, with one store per database (`SqliteStore`,
+`PostgresStore`); `store()` is the one for the database in use.
+
+The contract of every state change, each one short transaction:
+- `enqueue`: a new `queued` job unless the data flow already has a queued or running one; the
+  partial unique index decides (INSERT … ON CONFLICT DO NOTHING), never a check-then-insert.
+- `enqueue_many`: the heartbeat's jobs, inside its transaction, in as few statements as the
+  database allows.
+- `turn`: a worker's round trip. It marks the runs that started (`in_progress`), records the
+  attempts that ended, then claims due jobs: `queued` jobs in (priority, run_at, id) order become
+  `running` under a fresh lease token, each claim counts an attempt and creates its `pending` run.
+- `renew`: pushes `lease_expires_at` forward for the leases a worker still holds.
+- Every write about a running job is fenced by its lease token: a worker whose lease was taken
+  back changes nothing, and its outcome comes back `stale`.
+- `rescue_expired`: takes back `running` jobs whose lease ran out; the open run ends `failed`
+  ("worker lost"), and the job follows the retry rules (`policy.decide`), counting a rescue.
+- `cancel`, `retry`, `prune`: the operator's changes.
+On Postgres the claim uses `FOR UPDATE SKIP LOCKED`; on SQLite every write transaction is
+`BEGIN IMMEDIATE` (one writer), so the same UPDATE … RETURNING needs no row locks.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import peewee
+
+from dfjob import policy
+from dfjob.config import RetrySettings
+from dfjob.db import is_postgres, write_transaction
+from dfjob.errors import DfjobError
+from dfjob.models import from_db_time, to_db_time
+from dfjob.sql import dump_json, execute, marks
+from dfjob.store.rows import (
+    FINISHED,
+    Claimed,
+    ClaimRequest,
+    Enqueued,
+    Finished,
+    JobStatus,
+    Outcome,
+    Rescued,
+    Retry,
+    RunStatus,
+    Turn,
+)
+
+ERROR_MESSAGE_LIMIT = 4000
+# A start to write: the runs handed to runners, and when.
+Start = tuple[Sequence[int], datetime]
+# A due flow the heartbeat enqueues: (data_flow_id, queue, priority, max_attempts).
+DueJob = tuple[int, str, int, int]
+
+
+def error_line(message: str) -> str:
+    """An error message as stored on the job: one bounded line."""
+    return message if len(message) <= ERROR_MESSAGE_LIMIT else message[: ERROR_MESSAGE_LIMIT - 1] + "…"
+
+
+class Store(ABC):
+    """The job table's state changes; subclasses hold what differs between databases."""
+
+    # -- enqueue -----------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        data_flow_id: int,
+        *,
+        queue: str,
+        priority: int,
+        params: dict[str, Any],
+        run_at: datetime,
+        max_attempts: int,
+        now: datetime,
+    ) -> Enqueued:
+        """A new queued job for the data flow, or its active one (`deduplicated`)."""
+        for _ in range(10):
+            enqueued: Enqueued | None = None
+            with write_transaction():
+                rows = execute(
+                    "INSERT INTO dfjob.jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues,"
+                    " run_at, params, created_at) VALUES (?, ?, ?, 'queued', 0, ?, 0, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING RETURNING id",
+                    (
+                        data_flow_id,
+                        queue,
+                        priority,
+                        max_attempts,
+                        to_db_time(run_at),
+                        dump_json(params),
+                        to_db_time(now),
+                    ),
+                ).fetchall()
+                if rows:
+                    execute(
+                        "UPDATE dfjob.data_flows SET last_run_at = ?, last_run_status = 'in_progress' WHERE id = ?",
+                        (to_db_time(now), data_flow_id),
+                    )
+                    self.notify(queue)
+                    enqueued = Enqueued(rows[0][0], data_flow_id, queue, deduplicated=False)
+                else:
+                    active = self._active_job(data_flow_id)
+                    if active:
+                        return Enqueued(active[0], data_flow_id, active[1], deduplicated=True)
+            if enqueued is not None:
+                self.wake_after_commit()
+                return enqueued
+            # The active job finished between our INSERT and SELECT: try again.
+        raise DfjobError(f"could not enqueue data flow {data_flow_id}: its active job keeps changing")
+
+    def _active_job(self, data_flow_id: int) -> tuple[int, str] | None:
+        row = execute(
+            "SELECT id, queue FROM dfjob.jobs WHERE data_flow_id = ? AND status IN ('queued', 'running')",
+            (data_flow_id,),
+        ).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def active_job_id(self, data_flow_id: int) -> int | None:
+        active = self._active_job(data_flow_id)
+        return None if active is None else active[0]
+
+    @abstractmethod
+    def enqueue_many(self, jobs: Sequence[DueJob], now: datetime) -> dict[int, int]:
+        """Enqueue one job per due flow inside the caller's write transaction; flows that already
+        have an active job are left alone. Returns {data_flow_id: job_id} for the jobs created."""
+
+    @abstractmethod
+    def notify(self, queue: str) -> None:
+        """Inside an enqueue's transaction: wake idle workers of `queue` once it commits."""
+
+    @abstractmethod
+    def wake_after_commit(self) -> None:
+        """After an enqueue committed: wake idle workers where the database cannot do it itself."""
+
+    # -- a worker's turn -----------------------------------------------------------------------
+
+    @abstractmethod
+    def turn(
+        self, outcomes: Sequence[Outcome], starts: Sequence[Start], request: ClaimRequest | None, retry: RetrySettings
+    ) -> Turn:
+        """Mark the runs that started, record the attempts that ended, then claim more jobs, in
+        one round trip (Postgres) or one transaction (SQLite).
+
+        A run's start is written before its end, so a run that started and ended between two
+        turns still gets its `started_at`.
+        """
+
+    def _plan(self, outcome: Outcome, retry: RetrySettings) -> tuple[Finished, tuple[Any, ...]]:
+        """What an outcome does to its job (`policy.decide`), and the row the finish writes for it."""
+        job = outcome.job
+        decision = policy.decide(
+            succeeded=outcome.status == RunStatus.SUCCESS,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            retry=outcome.retry,
+            ended_at=outcome.ended_at,
+            settings=retry,
+        )
+        ended = to_db_time(outcome.ended_at)
+        duration_ms = max(0, int((outcome.ended_at - outcome.started_at).total_seconds() * 1000))
+        error = error_line(outcome.error_message) if outcome.error_message else None
+        finished_at = None if decision.will_retry else ended
+        row = (
+            job.job_id, job.lease_token, job.run_id, job.data_flow_id, str(decision.job_status),
+            to_db_time(decision.retry_at), finished_at, error, str(outcome.status), ended, duration_ms,
+            None if outcome.result is None else dump_json(outcome.result), error, outcome.error_backtrace,
+        )  # fmt: skip
+        finished = Finished(outcome, decision.job_status, decision.will_retry, duration_ms, decision.retry_at)
+        return finished, row
+
+    @staticmethod
+    def _stale(planned: Sequence[tuple[Finished, Any]], changed: set[int]) -> list[Finished]:
+        """The finished attempts, those whose lease had been taken back marked `stale`."""
+        return [item if item.outcome.job.job_id in changed else item._replace(stale=True) for item, _ in planned]
+
+    @staticmethod
+    def _claimed(row: Sequence[Any], token: str, worker: str) -> Claimed:
+        job_id, flow_id, queue, attempts, max_attempts, params, name, class_path, configuration, timeout, run_id = row
+        return Claimed(
+            job_id=job_id,
+            run_id=run_id,
+            data_flow_id=flow_id,
+            data_flow_name=name,
+            class_path=class_path,
+            configuration=json.loads(configuration),
+            params=json.loads(params),
+            queue=queue,
+            attempt=attempts,
+            max_attempts=max_attempts,
+            timeout_seconds=timeout,
+            lease_token=token,
+            worker=worker,
+        )
+
+    @staticmethod
+    def new_token() -> str:
+        return uuid.uuid4().hex
+
+    @abstractmethod
+    def in_values(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """`column IN (…)` and its parameters."""
+
+    def _mark_started_statement(self, run_ids: Sequence[int], stamp: datetime) -> tuple[str, list[Any]]:
+        where, params = self.in_values("id", run_ids)
+        return (
+            f"UPDATE dfjob.data_flow_runs SET status = 'in_progress', started_at = ? WHERE {where}"
+            " AND status = 'pending'",
+            [to_db_time(stamp), *params],
+        )
+
+    # -- leases --------------------------------------------------------------------------------
+
+    def renew(self, worker: str, job_ids: Sequence[int], now: datetime, lease_seconds: float) -> set[int]:
+        """Extend the leases this worker still holds; returns the job ids it still holds."""
+        if not job_ids:
+            return set()
+        expires = to_db_time(now + timedelta(seconds=lease_seconds))
+        where, params = self.in_values("id", job_ids)
+        rows = execute(
+            f"UPDATE dfjob.jobs SET lease_expires_at = ? WHERE {where} AND locked_by = ? AND status = 'running'"
+            " RETURNING id",
+            [expires, *params, worker],
+        ).fetchall()
+        return {row[0] for row in rows}
+
+    # Postgres locks the expired job rows it takes back, skipping those another rescuer holds.
+    rescue_lock = ""
+
+    def rescue_expired(self, now: datetime, retry: RetrySettings, limit: int = 100) -> list[Rescued]:
+        """Take back running jobs whose lease ran out: the lost attempt fails, the job retries or fails."""
+        stamp = to_db_time(now)
+        # Usually nothing has expired: find that out with a read, not a write lock (BEGIN IMMEDIATE).
+        expired = "SELECT 1 FROM dfjob.jobs WHERE status = 'running' AND lease_expires_at < ? LIMIT 1"
+        if not execute(expired, (stamp,)).fetchone():
+            return []
+        rescued = []
+        with write_transaction():
+            # Only the job rows are locked: a flow row locked here would make a heartbeat wait.
+            rows = execute(
+                "SELECT jobs.id, jobs.data_flow_id, jobs.attempts, jobs.max_attempts, jobs.locked_by, data_flows.name"
+                " FROM dfjob.jobs JOIN dfjob.data_flows ON data_flows.id = jobs.data_flow_id"
+                " WHERE jobs.status = 'running' AND jobs.lease_expires_at < ?"
+                f" ORDER BY jobs.id LIMIT ?{self.rescue_lock}",
+                (stamp, limit),
+            ).fetchall()
+            for row in rows:
+                rescued.append(self._rescue_one(now, retry, *row))
+        return rescued
+
+    def _rescue_one(
+        self,
+        now: datetime,
+        retry: RetrySettings,
+        job_id: int,
+        flow_id: int,
+        attempts: int,
+        max_attempts: int,
+        locked_by: str | None,
+        flow_name: str,
+    ) -> Rescued:
+        """Inside the rescue's transaction: end one lost attempt and move its job on."""
+        stamp = to_db_time(now)
+        lost = locked_by or "unknown"
+        message = f"worker lost: {lost} stopped renewing its lease"
+        run = execute(
+            "SELECT id, started_at, created_at FROM dfjob.data_flow_runs"
+            " WHERE job_id = ? AND status IN ('pending', 'in_progress') ORDER BY id DESC LIMIT 1",
+            (job_id,),
+        ).fetchone()
+        run_id = None
+        if run is not None:
+            run_id = run[0]
+            started = from_db_time(run[1]) or from_db_time(run[2]) or now
+            duration_ms = max(0, int((now - started).total_seconds() * 1000))
+            execute(
+                "UPDATE dfjob.data_flow_runs SET status = 'failed', ended_at = ?, duration_ms = ?, error_message = ?"
+                " WHERE job_id = ? AND status IN ('pending', 'in_progress')",
+                (stamp, duration_ms, message, job_id),
+            )
+        decision = policy.decide(
+            succeeded=False,
+            attempt=attempts,
+            max_attempts=max_attempts,
+            retry=Retry.NORMAL,
+            ended_at=now,
+            settings=retry,
+        )
+        release = "locked_by = NULL, lease_token = NULL, lease_expires_at = NULL, rescues = rescues + 1"
+        finished_at = None if decision.will_retry else stamp
+        execute(
+            "UPDATE dfjob.jobs SET status = ?, run_at = COALESCE(?, run_at), finished_at = ?, last_error = ?,"
+            f" {release} WHERE id = ?",
+            (str(decision.job_status), to_db_time(decision.retry_at), finished_at, message, job_id),
+        )
+        execute("UPDATE dfjob.data_flows SET last_run_status = 'failed' WHERE id = ?", (flow_id,))
+        return Rescued(job_id, run_id, flow_id, flow_name, lost, decision.job_status, decision.will_retry)
+
+    # -- the operator's changes ----------------------------------------------------------------
+
+    def cancel(self, job_id: int, now: datetime) -> None:
+        """A queued job becomes `cancelled`; anything else is refused."""
+        with write_transaction():
+            row = execute("SELECT status, data_flow_id FROM dfjob.jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise DfjobError(f"no job with id {job_id}")
+            if row[0] != JobStatus.QUEUED:
+                raise DfjobError(f"job {job_id} is {row[0]}; only a queued job can be cancelled")
+            execute(
+                "UPDATE dfjob.jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = 'queued'",
+                (to_db_time(now), job_id),
+            )
+            # The flow is no longer in progress: show the outcome of its latest run again.
+            execute(
+                "UPDATE dfjob.data_flows SET last_run_status = (SELECT status FROM dfjob.data_flow_runs"
+                " WHERE data_flow_id = ? ORDER BY id DESC LIMIT 1) WHERE id = ?",
+                (row[1], row[1]),
+            )
+
+    def retry(self, job_id: int, now: datetime) -> Enqueued:
+        """A failed or cancelled job goes back to `queued`, to run now, with fresh attempts."""
+        with write_transaction():
+            row = execute("SELECT status, data_flow_id, queue FROM dfjob.jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise DfjobError(f"no job with id {job_id}")
+            if row[0] not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                raise DfjobError(f"job {job_id} is {row[0]}; only a failed or cancelled job can be retried")
+            active = self.active_job_id(row[1])
+            if active is not None:
+                raise DfjobError(f"job {job_id}: its data flow already has an active job {active}")
+            stamp = to_db_time(now)
+            try:
+                execute(
+                    "UPDATE dfjob.jobs SET status = 'queued', attempts = 0, run_at = ?, finished_at = NULL,"
+                    " last_error = NULL WHERE id = ?",
+                    (stamp, job_id),
+                )
+            except peewee.IntegrityError:
+                raise DfjobError(f"job {job_id}: its data flow already has an active job") from None
+            execute(
+                "UPDATE dfjob.data_flows SET last_run_at = ?, last_run_status = 'in_progress' WHERE id = ?",
+                (stamp, row[1]),
+            )
+            self.notify(row[2])
+        self.wake_after_commit()
+        return Enqueued(job_id, row[1], row[2], deduplicated=False)
+
+    def prune(self, older_than: datetime, statuses: Sequence[str] = FINISHED, batch: int = 1000) -> tuple[int, int]:
+        """Delete finished jobs (and their runs) that finished before `older_than`, in batches of
+        `batch` jobs, each its own short transaction. Returns (jobs, runs) deleted."""
+        check_finished_statuses(statuses)
+        jobs_deleted = runs_deleted = 0
+        while True:
+            with write_transaction():
+                ids = [
+                    row[0]
+                    for row in execute(
+                        f"SELECT id FROM dfjob.jobs WHERE finished_at < ? AND status IN ({marks(len(statuses))})"
+                        " LIMIT ?",
+                        (to_db_time(older_than), *statuses, batch),
+                    ).fetchall()
+                ]
+                if not ids:
+                    return jobs_deleted, runs_deleted
+                where, params = self.in_values("job_id", ids)
+                runs_deleted += execute(f"DELETE FROM dfjob.data_flow_runs WHERE {where}", params).rowcount
+                where, params = self.in_values("id", ids)
+                jobs_deleted += execute(f"DELETE FROM dfjob.jobs WHERE {where}", params).rowcount
+
+
+def check_finished_statuses(statuses: Sequence[str]) -> None:
+    """Only jobs that ended can be pruned."""
+    unknown = sorted(set(statuses) - set(FINISHED))
+    if unknown or not statuses:
+        raise DfjobError(f"prune takes finished statuses only ({', '.join(FINISHED)}), not {unknown[:1] or 'none'}")
+
+
+@functools.cache
+def _instance(postgres: bool) -> Store:
+    # The subclasses import this module: they are imported on first use.
+    from dfjob.store.postgres import PostgresStore
+    from dfjob.store.sqlite import SqliteStore
+
+    return PostgresStore() if postgres else SqliteStore()
+
+
+def store() -> Store:
+    """The store of the database in use."""
+    return _instance(is_postgres())

@@ -1,0 +1,140 @@
+"""The SQLite store: one writer at a time, so every write transaction is `BEGIN IMMEDIATE` and
+a worker's turn is one such transaction. Idle workers on the same host are woken through the
+datagram sockets beside the database file (`wakeup`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from dfjob import wakeup
+from dfjob.config import RetrySettings
+from dfjob.db import write_transaction
+from dfjob.models import to_db_time
+from dfjob.sql import execute, marks
+from dfjob.store import DueJob, Start, Store
+from dfjob.store.rows import ClaimRequest, Outcome, Turn
+
+# SQLite's limit on parameters per statement is 32766; rows are written in chunks well below it.
+CHUNK = 300
+# The columns of one outcome row, shared by the statements that record a batch of outcomes.
+FINISH_COLUMNS = (
+    "id, token, run_id, flow_id, job_status, run_at, finished_at, last_error,"
+    " run_status, ended_at, duration_ms, result, error_message, error_backtrace"
+)
+FINISH_JOBS = (
+    "UPDATE dfjob.jobs SET status = v.job_status, run_at = COALESCE(v.run_at, jobs.run_at),"
+    " finished_at = v.finished_at, last_error = v.last_error,"
+    " locked_by = NULL, lease_token = NULL, lease_expires_at = NULL"
+    " FROM v WHERE jobs.id = v.id AND jobs.lease_token = v.token AND jobs.status = 'running'"
+    " RETURNING jobs.id"
+)
+FINISH_RUNS = (
+    "UPDATE dfjob.data_flow_runs SET status = v.run_status, ended_at = v.ended_at,"
+    " duration_ms = v.duration_ms, result = v.result, error_message = v.error_message,"
+    " error_backtrace = v.error_backtrace FROM v WHERE data_flow_runs.id = v.run_id"
+)
+FINISH_FLOWS = "UPDATE dfjob.data_flows SET last_run_status = v.run_status FROM v WHERE data_flows.id = v.flow_id"
+CLAIM = (
+    "UPDATE dfjob.jobs SET status = 'running', attempts = attempts + 1, locked_by = ?, lease_token = ?,"
+    " lease_expires_at = ? WHERE id IN (SELECT id FROM dfjob.jobs WHERE status = 'queued' AND queue IN ({queues})"
+    " AND run_at <= ? ORDER BY priority, run_at, id LIMIT ?)"
+    " RETURNING id, data_flow_id, queue, attempts, max_attempts, params"
+)
+
+
+def _values(rows: Sequence[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+    """`WITH v(…) AS (VALUES …)` for a batch of outcome rows, and its parameters."""
+    row = "(" + marks(len(rows[0])) + ")"
+    return f"WITH v({FINISH_COLUMNS}) AS (VALUES {', '.join([row] * len(rows))})", [
+        value for item in rows for value in item
+    ]
+
+
+class SqliteStore(Store):
+    def in_values(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} IN ({marks(len(values))})", list(values)
+
+    def notify(self, queue: str) -> None:
+        """SQLite has no notifications: `wake_after_commit` pokes the workers instead."""
+
+    def wake_after_commit(self) -> None:
+        wakeup.wake_sqlite_workers()
+
+    def enqueue_many(self, jobs: Sequence[DueJob], now: datetime) -> dict[int, int]:
+        stamp = to_db_time(now)
+        created: dict[int, int] = {}
+        for start in range(0, len(jobs), CHUNK):
+            chunk = jobs[start : start + CHUNK]
+            values = ", ".join("(?, ?, ?, 'queued', 0, ?, 0, ?, '{}', ?)" for _ in chunk)
+            params: list[Any] = []
+            for flow_id, queue, priority, max_attempts in chunk:
+                params += [flow_id, queue, priority, max_attempts, stamp, stamp]
+            created.update(
+                execute(
+                    "INSERT INTO dfjob.jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues,"
+                    f" run_at, params, created_at) VALUES {values} ON CONFLICT DO NOTHING RETURNING data_flow_id, id",
+                    params,
+                ).fetchall()
+            )
+        return created
+
+    def turn(
+        self, outcomes: Sequence[Outcome], starts: Sequence[Start], request: ClaimRequest | None, retry: RetrySettings
+    ) -> Turn:
+        planned = [self._plan(outcome, retry) for outcome in outcomes]
+        token = self.new_token()
+        with write_transaction():
+            for run_ids, stamp in starts:
+                if run_ids:
+                    execute(*self._mark_started_statement(run_ids, stamp))
+            changed = self._finish([row for _, row in planned]) if planned else set()
+            claimed = self._claim(request, token) if request is not None else []
+        worker = request.worker if request is not None else ""
+        return Turn(self._stale(planned, changed), [self._claimed(row, token, worker) for row in claimed])
+
+    def _finish(self, rows: Sequence[tuple[Any, ...]]) -> set[int]:
+        """Inside the turn's transaction: the jobs first, fenced by their lease tokens; then the
+        runs and flows of those whose lease still held. Returns their job ids."""
+        changed: set[int] = set()
+        for start in range(0, len(rows), CHUNK):
+            values, params = _values(rows[start : start + CHUNK])
+            changed.update(row[0] for row in execute(f"{values} {FINISH_JOBS}", params).fetchall())
+        fresh = [row for row in rows if row[0] in changed]
+        for start in range(0, len(fresh), CHUNK):
+            values, params = _values(fresh[start : start + CHUNK])
+            execute(f"{values} {FINISH_RUNS}", params)
+            execute(f"{values} {FINISH_FLOWS}", params)
+        return changed
+
+    def _claim(self, request: ClaimRequest, token: str) -> list[tuple[Any, ...]]:
+        """Inside the turn's transaction: the same rows as the Postgres claim returns."""
+        stamp = to_db_time(request.now)
+        expires = to_db_time(request.now + timedelta(seconds=request.lease_seconds))
+        jobs = execute(
+            CLAIM.format(queues=marks(len(request.queues))),
+            [request.worker, token, expires, *request.queues, stamp, request.limit],
+        ).fetchall()
+        if not jobs:
+            return []
+        flow_ids = sorted({row[1] for row in jobs})
+        flows = {
+            row[0]: row[1:]
+            for row in execute(
+                "SELECT id, name, class_path, configuration, timeout_seconds FROM dfjob.data_flows"
+                f" WHERE id IN ({marks(len(flow_ids))})",
+                flow_ids,
+            ).fetchall()
+        }
+        values = ", ".join("(?, ?, ?, 'pending', ?, ?, ?)" for _ in jobs)
+        run_params: list[Any] = []
+        for job_id, flow_id, queue, attempts, _, _ in jobs:
+            run_params += [flow_id, job_id, attempts, queue, request.worker, stamp]
+        runs = execute(
+            "INSERT INTO dfjob.data_flow_runs (data_flow_id, job_id, attempt, status, queue, worker, created_at)"
+            f" VALUES {values} RETURNING job_id, id",
+            run_params,
+        ).fetchall()
+        run_ids = {row[0]: row[1] for row in runs}
+        return sorted((*job, *flows[job[1]], run_ids[job[0]]) for job in jobs)
