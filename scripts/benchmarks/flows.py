@@ -1,4 +1,4 @@
-"""Flow classes for scripts/bench: `scripts/` is on flows.paths there, so the module is `bench_flows`."""
+"""Flow classes for the bench's dfjob workers: `scripts/` is on flows.paths, so they are `benchmarks.flows:…`."""
 
 from __future__ import annotations
 

@@ -1,0 +1,14 @@
+"""Every scenario the bench knows, by the name `--scenarios` takes, in the order they run and are listed."""
+
+from __future__ import annotations
+
+from benchmarks import drain, heartbeat, history, idle, latency
+from benchmarks.harness import Scenario
+
+SCENARIOS: dict[str, Scenario] = {
+    "drain": drain.SCENARIO,
+    "latency": latency.SCENARIO,
+    "heartbeat": heartbeat.SCENARIO,
+    "history": history.SCENARIO,
+    "idle": idle.SCENARIO,
+}
