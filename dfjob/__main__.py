@@ -1,6 +1,6 @@
 """`python -m dfjob`."""
 
-from dfjob.cli import main
+from dfjob.entry import main
 
 if __name__ == "__main__":
     main()

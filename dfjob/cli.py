@@ -17,10 +17,21 @@ from typing import Any, NoReturn
 import click
 import peewee
 
-from dfjob import __version__, clock, events, history, migrations, registry
-from dfjob.config import Settings, check_queue_name, load_settings, resolve_path
-from dfjob.db import close_database, connect, describe_error, redact_url, sqlite_path
-from dfjob.errors import DfjobError
+from dfjob import __version__, clock, dbclock, events, history, migrations, overview, registry, signals
+from dfjob.config import LOG_LEVELS, Settings, check_queue_name, load_settings, resolve_path
+from dfjob.db import (
+    DEFAULT_NETWORK_TIMEOUT,
+    close_database,
+    connect,
+    describe_error,
+    is_connection_error,
+    redact_url,
+    reset_connection,
+    scrub,
+    set_statement_limit,
+    sqlite_path,
+)
+from dfjob.errors import DatabaseUnavailable, DfjobError
 from dfjob.flow import add_import_paths
 from dfjob.heartbeat import heartbeat as run_heartbeat
 from dfjob.registry import FlowSpec, flow_to_dict, get_flow, parse_config_json
@@ -31,6 +42,9 @@ from dfjob.store.rows import FINISHED
 from dfjob.trigger import parse_params, parse_run_at, retry_job, trigger_run
 
 _debug = False
+# Commands that run until stopped: SIGTERM/SIGINT stop them cleanly (see `signals`).
+DAEMONS = frozenset({"worker", "scheduler", "serve"})
+MAX_START_BACKOFF = 30.0
 
 
 class App:
@@ -47,7 +61,9 @@ class App:
             self._settings = load_settings(*self._args)
         return self._settings
 
-    def open(self, writes: bool = True) -> Settings:
+    def open(
+        self, writes: bool = True, daemon: bool = False, network_timeout: float = DEFAULT_NETWORK_TIMEOUT
+    ) -> Settings:
         """Settings, logging, monitoring callbacks and a database at this release's schema.
 
         A command that writes creates the tables of an empty database; one that only reads
@@ -55,15 +71,38 @@ class App:
         """
         settings = self.settings
         if not self._open:
-            events.configure_logging(settings.log.format, settings.log.level)
+            level = settings.log.level
+            if not daemon and events.resolved_format(settings.log.format) == "console" and level != "debug":
+                # At a terminal a command's own line says what happened; its lifecycle events
+                # (still given to callbacks, and to JSON logs) would only say it twice.
+                level = max(level, "warning", key=LOG_LEVELS.index)
+            events.configure_logging(settings.log.format, level)
             # Flow folders first: monitoring callbacks may live there too.
             add_import_paths(tuple(resolve_path(settings, path) for path in settings.flows.paths))
             events.load_callbacks(settings)
-            migrations.prepare(create=writes, where=self.connect(writes))
+            self._prepare(writes, daemon, network_timeout)
+            dbclock.sync()
             self._open = True
         return settings
 
-    def connect(self, writes: bool) -> str:
+    def _prepare(self, writes: bool, daemon: bool, network_timeout: float) -> None:
+        """Open the database and check its schema. A daemon whose database cannot be reached
+        waits for it (`db.unavailable`, with backoff) instead of exiting; a stop ends the wait."""
+        backoff = 0.0
+        while True:
+            try:
+                migrations.prepare(create=writes, where=self.connect(writes, network_timeout))
+                return
+            except Exception as exc:
+                if not daemon or not (isinstance(exc, DatabaseUnavailable) or is_connection_error(exc)):
+                    raise
+                backoff = min(MAX_START_BACKOFF, max(1.0, backoff * 2))
+                events.emit(events.DB_UNAVAILABLE, error=str(exc) or describe_error(exc), retry_in=backoff)
+                reset_connection()
+                if signals.stopped.wait(backoff):
+                    raise SystemExit(0) from None
+
+    def connect(self, writes: bool, network_timeout: float = DEFAULT_NETWORK_TIMEOUT) -> str:
         """Open the database without checking its schema; returns how to name it in messages.
         Without `writes`, a SQLite file that does not exist is refused rather than created."""
         settings = self.settings
@@ -74,7 +113,8 @@ class App:
                 raise DfjobError(f"no dfjob database at {where} (run `dfjob db init`)")
         else:
             where = f"{redact_url(url)} (schema {settings.database.schema})"
-        connect(url, settings.base_dir, settings.database.schema)
+        database = settings.database
+        connect(url, settings.base_dir, database.schema, network_timeout, database.prepared_statements)
         return where
 
 
@@ -85,6 +125,8 @@ def _app() -> App:
 
 
 def _emit(as_json: bool, value: Any, text: Callable[[], str]) -> None:
+    # Callbacks print to stderr only while stdout is theirs to borrow: let them finish first.
+    events.flush()
     if as_json:
         click.echo(json.dumps(value, ensure_ascii=False))
     else:
@@ -127,6 +169,8 @@ def cli(
     """dfjob: run Python data flows on a schedule and on demand, with a full run history."""
     global _debug
     _debug = debug
+    if ctx.invoked_subcommand not in DAEMONS:
+        signals.release()
     ctx.obj = App(config_path, database_url, log_format)
 
 
@@ -404,7 +448,9 @@ def worker(queues: tuple[str, ...], concurrency: int | None, burst: bool, max_jo
         raise DfjobError(f"--concurrency must be between 1 and 256, not {concurrency}")
     if max_jobs is not None and max_jobs < 1:
         raise DfjobError(f"--max-jobs must be at least 1, not {max_jobs}")
-    _app().open()
+    # A dead network path must be noticed well within a lease (see `leases`).
+    _app().open(daemon=True, network_timeout=settings.worker.lease_seconds / 4)
+    set_statement_limit(settings.worker.lease_seconds / 3)
     daemon = Worker(settings, queues or None, concurrency, max_jobs)
     with on_stop(lambda count: daemon.request_stop(force=count > 1)):
         daemon.run(burst=burst)
@@ -428,10 +474,24 @@ def scheduler(interval: float) -> None:
 
     if not 0.1 <= interval <= 86400:
         raise DfjobError(f"--interval must be between 0.1 and 86400 seconds, not {interval:g}")
-    settings = _app().open()
+    settings = _app().open(daemon=True)
     daemon = Scheduler(settings, interval)
     with on_stop(lambda count: daemon.request_stop()):
         daemon.run()
+
+
+@cli.command()
+@json_option
+def workers(as_json: bool) -> None:
+    """Worker records: alive, stale (not seen for 2 x lease) or stopped."""
+    _app().open(writes=False)
+    rows = overview.list_workers()
+    for row in rows:
+        row["queues_text"] = ",".join(row["queues"])
+        row["running"] = ",".join(str(job_id) for job_id in row["running_job_ids"])
+    columns = ["name", "state", "host", "pid", "queues_text", "concurrency", "running", "last_seen_at"]
+    shown = [{key: value for key, value in row.items() if key not in ("queues_text", "running")} for row in rows]
+    _emit(as_json, shown, lambda: _table(rows, columns))
 
 
 # -- history -------------------------------------------------------------------------------------
@@ -541,7 +601,7 @@ def prune(older_than: str | None, statuses: tuple[str, ...], as_json: bool) -> N
 
 def _fail(message: str) -> NoReturn:
     if _debug:
-        traceback.print_exc()
+        click.echo(scrub(traceback.format_exc()).rstrip(), err=True)
     click.echo(f"Error: {' '.join(message.split())}", err=True)
     sys.exit(1)
 
@@ -564,5 +624,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 (a bug still ends as one Error line; --debug shows it)
         _fail(f"{type(exc).__name__}: {describe_error(exc)}")
     finally:
+        events.flush()
         close_database()
     sys.exit(result if isinstance(result, int) else 0)

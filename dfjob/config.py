@@ -33,6 +33,9 @@ class DatabaseSettings:
     url: str = "sqlite:///dfjob.db"
     # Postgres: the schema that holds dfjob's tables, apart from an application's own.
     schema: str = "dfjob"
+    # Postgres: false behind PgBouncer in transaction pooling mode (before 1.21), which cannot
+    # keep a prepared statement from one transaction to the next.
+    prepared_statements: bool = True
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class WorkerSettings:
     notify: bool = True
     lease_seconds: float = 60.0
     shutdown_grace: float = 30.0
+    max_result_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class FlowSettings:
 @dataclass(frozen=True)
 class MonitoringSettings:
     callbacks: tuple[str, ...] = ()
+    callback_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -216,7 +221,9 @@ def validate(settings: Settings, source: str) -> None:
     _check_range(source, "worker.poll_interval", worker.poll_interval, 0.01, 3600)
     _check_range(source, "worker.lease_seconds", worker.lease_seconds, 1, 86400)
     _check_range(source, "worker.shutdown_grace", worker.shutdown_grace, 0, 86400)
+    _check_range(source, "worker.max_result_bytes", worker.max_result_bytes, 2, 256 * 1024 * 1024)
     _check_range(source, "retry.max_attempts", retry.max_attempts, 1, 1000)
+    _check_range(source, "monitoring.callback_timeout", settings.monitoring.callback_timeout, 0.01, 3600)
     _check_range(source, "retry.backoff_initial", retry.backoff_initial, 0, 86400 * 30)
     _check_range(source, "retry.backoff_max", retry.backoff_max, 0, 86400 * 30)
     try:

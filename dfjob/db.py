@@ -14,7 +14,8 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote
 
 import peewee
 
@@ -30,6 +31,8 @@ SQLITE_PRAGMAS = {
     "busy_timeout": 30000,
 }
 CONNECT_TIMEOUT_SECONDS = 5
+# Seconds after which a connection whose packets go unanswered is given up (workers use less).
+DEFAULT_NETWORK_TIMEOUT = 30.0
 
 _password: str | None = None
 # Postgres: the schema dfjob's tables live in (`database.schema`); None on SQLite.
@@ -37,38 +40,80 @@ _schema: str | None = None
 
 
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(?P<head>://[^/@:]*):[^/]*@")  # greedy: up to the last @ of the netloc
+# user:password@host…: the password is everything between the first ":" of the user part and the
+# last "@" that a host follows, so a password may hold "/", "@", ":" or "?" unescaped.
+_USER_PASSWORD = re.compile(
+    r"^(?P<user>[^:]+://[^:@/?]*):(?P<password>.*)@(?P<rest>[A-Za-z0-9.\-\[\]:%]*(?:[/?].*)?)$", re.DOTALL
+)
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by `***` (even when the rest of it is malformed)."""
-    url = _URL_PASSWORD.sub(r"\g<head>:***@", url, count=1)
+    """The URL with its password replaced by `***`, whatever characters it holds."""
+    url = _USER_PASSWORD.sub(r"\g<user>:***@\g<rest>", url, count=1)
     return _QUERY_PASSWORD.sub(r"\g<1>***", url)
 
 
+def _secrets() -> list[str]:
+    found = [secret for secret in (_password, os.environ.get("PGPASSWORD")) if secret]
+    # Also as they may appear inside a URL: percent-encoded.
+    return sorted({form for secret in found for form in (secret, quote(secret, safe=""))}, key=len, reverse=True)
+
+
 def scrub(text: str) -> str:
-    """Remove the current database password from a message, wherever a driver put it."""
-    if _password:
-        text = text.replace(_password, "***")
+    """Remove the database password from a message, wherever a driver put it, in any form."""
+    for secret in _secrets():
+        text = text.replace(secret, "***")
     return text
 
 
-def make_database(url: str, base_dir: str) -> peewee.Database:
-    """Build (not connect) the database a URL names; relative SQLite paths use `base_dir`."""
+def url_password(url: str) -> str | None:
+    """The password a Postgres URL holds (in its user part or as `?password=`), if any."""
+    match = _USER_PASSWORD.match(url)
+    if match:
+        return unquote(match.group("password"))
+    query = url.partition("?")[2]
+    return parse_qs(query).get("password", [None])[0] if query else None
+
+
+def _conninfo(url: str) -> str:
+    """The URL as libpq reads it: a password written with "/", "@" or "?" unescaped is escaped."""
+    url = "postgresql://" + url.split("://", 1)[1]
+    match = _USER_PASSWORD.match(url)
+    if not match:
+        return url
+    password = quote(unquote(match.group("password")), safe="")
+    return f"{match.group('user')}:{password}@{match.group('rest')}"
+
+
+def make_database(
+    url: str, base_dir: str, network_timeout: float = DEFAULT_NETWORK_TIMEOUT, prepared_statements: bool = True
+) -> peewee.Database:
+    """Build (not connect) the database a URL names; relative SQLite paths use `base_dir`.
+
+    Postgres connections detect a dead network path within about `network_timeout` seconds:
+    TCP keepalives and `tcp_user_timeout` end a connection whose packets go unanswered, whether
+    a query is in flight or not. `prepared_statements=False` is for PgBouncer in transaction
+    pooling mode, which cannot keep a prepared statement from one transaction to the next.
+    """
     global _password
     scheme = url.split(":", 1)[0]
     if scheme == "sqlite":
         path = sqlite_path(url, base_dir)
         return peewee.SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=30, lock_type="IMMEDIATE")
     if scheme in ("postgresql", "postgres"):
-        parts = urlsplit(url)
-        _password = unquote(parts.password) if parts.password else None
-        if _password is None:
-            _password = parse_qs(parts.query).get("password", [None])[0]
-        conninfo = "postgresql://" + url.split("://", 1)[1]
-        return peewee.PostgresqlDatabase(
-            conninfo, prefer_psycopg3=True, connect_timeout=CONNECT_TIMEOUT_SECONDS, autoconnect=True
-        )
+        _password = url_password(url)
+        conninfo = _conninfo(url)
+        options: dict[str, Any] = {
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            "keepalives": 1,
+            "keepalives_idle": max(1, round(network_timeout / 3)),
+            "keepalives_interval": max(1, round(network_timeout / 6)),
+            "keepalives_count": 3,
+            "tcp_user_timeout": max(1000, round(network_timeout * 1000)),
+        }
+        if not prepared_statements:
+            options["prepare_threshold"] = None
+        return peewee.PostgresqlDatabase(conninfo, prefer_psycopg3=True, autoconnect=True, **options)
     raise DfjobError(f"database.url: unknown scheme {scheme!r} in {redact_url(url)} (use sqlite or postgresql)")
 
 
@@ -89,6 +134,20 @@ def is_postgres(database: peewee.Database | None = None) -> bool:
     return isinstance(db, peewee.PostgresqlDatabase)
 
 
+# Postgres: milliseconds a statement of this process may run (and a transaction sit idle) before
+# the server ends it; None leaves the server's defaults. Workers keep theirs short (`lease/3`).
+_statement_limit_ms: int | None = None
+
+
+def set_statement_limit(seconds: float | None) -> None:
+    global _statement_limit_ms
+    _statement_limit_ms = None if seconds is None else max(100, round(seconds * 1000))
+
+
+def statement_limit_ms() -> int | None:
+    return _statement_limit_ms
+
+
 def pg_schema() -> str | None:
     """The Postgres schema of the database in use, or None on SQLite."""
     return _schema
@@ -101,10 +160,16 @@ def advisory_key(purpose: str, schema: str | None = None) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def connect(url: str, base_dir: str, schema: str = DEFAULT_SCHEMA) -> peewee.Database:
+def connect(
+    url: str,
+    base_dir: str,
+    schema: str = DEFAULT_SCHEMA,
+    network_timeout: float = DEFAULT_NETWORK_TIMEOUT,
+    prepared_statements: bool = True,
+) -> peewee.Database:
     """Bind the proxy to the URL's database and open a connection, or fail with one clear line."""
     global _schema
-    database = make_database(url, base_dir)
+    database = make_database(url, base_dir, network_timeout, prepared_statements)
     _schema = schema if isinstance(database, peewee.PostgresqlDatabase) else None
     database_proxy.initialize(database)  # the models pick up `_schema` here (see models.py)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -24,13 +25,37 @@ class Flow:
     """A data flow's code: subclass it and implement `run()`.
 
     `config` is the data flow's configuration, `params` the trigger's parameters, and `log` a
-    structlog logger bound with data_flow_id, data_flow_name, job_id and run_id.
+    structlog logger bound with data_flow_id, data_flow_name, job_id and run_id. Inside `run()`
+    the attempt is described by `job_id`, `run_id`, `attempt`, `max_attempts`, `scheduled_for`
+    (an aware UTC datetime, or None for a plain trigger) and `triggered_by`.
     """
+
+    job_id: int | None = None
+    run_id: int | None = None
+    attempt: int = 1
+    max_attempts: int = 1
+    scheduled_for: datetime | None = None
+    triggered_by: str = "trigger"
 
     def __init__(self, config: dict[str, Any], params: dict[str, Any], log: Any) -> None:
         self.config = config
         self.params = params
         self.log = log
+
+    def set_context(
+        self,
+        *,
+        job_id: int,
+        run_id: int,
+        attempt: int,
+        max_attempts: int,
+        scheduled_for: datetime | None,
+        triggered_by: str,
+    ) -> None:
+        """Set by the runner before `run()`: which job, attempt and slot this is."""
+        self.job_id, self.run_id = job_id, run_id
+        self.attempt, self.max_attempts = attempt, max_attempts
+        self.scheduled_for, self.triggered_by = scheduled_for, triggered_by
 
     def run(self) -> dict[str, Any] | None:
         """Do the work; return an optional JSON-serialisable dict, stored as the run's `result`."""
@@ -42,10 +67,11 @@ class ClassPathRefused(DfjobError):
 
 
 def add_import_paths(paths: tuple[str, ...]) -> None:
-    """Put `flows.paths` (already absolute) at the front of the import path, once each."""
-    for path in reversed(paths):
+    """Add `flows.paths` (already absolute) to the import path, once each, after what is there:
+    a flow folder never shadows the standard library or an installed package."""
+    for path in paths:
         if path not in sys.path:
-            sys.path.insert(0, path)
+            sys.path.append(path)
 
 
 def load_flow_class(class_path: str, allowed_modules: tuple[str, ...]) -> type[Flow]:

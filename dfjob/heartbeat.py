@@ -17,8 +17,8 @@ from typing import Any
 from dfjob import clock, events
 from dfjob.config import Settings
 from dfjob.db import is_postgres, write_transaction
+from dfjob.leases import take_back_expired
 from dfjob.models import from_db_time, to_db_time
-from dfjob.rescue import take_back_expired
 from dfjob.schedule import Schedule
 from dfjob.sql import execute, in_values
 from dfjob.store import store

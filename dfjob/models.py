@@ -142,6 +142,25 @@ class DataFlowRun(BaseModel):
         table_name = "data_flow_runs"
 
 
+class WorkerRecord(BaseModel):
+    """One row per `dfjob worker` process, refreshed with its leases."""
+
+    name = peewee.CharField(max_length=255, primary_key=True)
+    host = peewee.CharField(max_length=255)
+    pid = peewee.IntegerField()
+    queues = JSONTextField()
+    concurrency = peewee.IntegerField()
+    version = peewee.CharField(max_length=32)
+    lease_seconds = peewee.FloatField()
+    started_at = UTCDateTimeField()
+    last_seen_at = UTCDateTimeField()
+    stopped_at = UTCDateTimeField(null=True)
+    running_job_ids = JSONTextField(default=list)
+
+    class Meta:
+        table_name = "workers"
+
+
 class SchemaVersion(BaseModel):
     """One row per schema step applied; the highest `version` is the database's version."""
 
@@ -153,7 +172,7 @@ class SchemaVersion(BaseModel):
         table_name = "dfjob_schema"
 
 
-MODELS: list[type[BaseModel]] = [DataFlow, Job, DataFlowRun, SchemaVersion]
+MODELS: list[type[BaseModel]] = [DataFlow, Job, DataFlowRun, WorkerRecord, SchemaVersion]
 
 
 def _use_schema(database: peewee.Database) -> None:

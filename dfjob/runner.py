@@ -1,11 +1,23 @@
-"""One attempt of one job, run in a child process of the worker.
+"""A runner process of a worker: runs attempts, one at a time, in a process group of its own.
 
-The worker keeps one runner process per concurrency slot, so user code can be stopped for real
-(timeouts, shutdown) and a crash (segfault, `os._exit`) costs one child, not the worker. The
-runner never touches the database: it gets a job over a pipe, runs the flow, and sends back the
-outcome. It ignores SIGINT/SIGTERM (a signal to the whole process group is the supervisor's to
-decide on) and dies with its supervisor: a parent-death signal, and a reader thread that exits
-the moment the supervisor's end of the pipe closes.
+The worker keeps one runner per concurrency slot, so user code can be stopped for real
+(timeouts, cancels, shutdown) and a crash (segfault, `os._exit`) costs one child, not the
+worker. A runner never touches the database: jobs come over a pipe (`protocol`), outcomes go
+back the same way.
+
+What keeps an attempt in check, even when the supervisor is stuck (a hung query, a slow disk):
+- A watchdog thread holds the attempt's deadlines: its timeout, and its fence, the time its
+  lease could run out unrenewed (`Run.fence`, moved on by `Renew`). When one passes, the runner
+  says so (`Fenced`) and kills its whole process group, itself included: the attempt never
+  outlives its lease, so a worker that takes the job back never overlaps it.
+- The runner leads its own session and process group, and is a child subreaper: whatever the
+  flow starts stays in reach. After each attempt it checks for processes left behind; if there
+  are any, the supervisor kills the group and replaces the runner.
+- SIGINT/SIGTERM get a handler that does nothing (a signal to the worker's process group is the
+  supervisor's to decide on); unlike an ignored signal, a handler is reset in every program the
+  flow starts, so those get the default handling.
+- It dies with its supervisor: a parent-death signal, and a thread that exits the moment the
+  supervisor's end of the pipe closes. Its pipe ends are not inherited by what the flow starts.
 """
 
 from __future__ import annotations
@@ -14,86 +26,287 @@ import contextlib
 import ctypes
 import json
 import os
-import select
+import queue
+import resource
 import signal
 import sys
 import threading
+import time
 import traceback
-from multiprocessing.connection import Connection
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
+from dfjob import protocol
 from dfjob.events import configure_logging
 from dfjob.flow import ClassPathRefused, Discard, add_import_paths, bound_logger, load_flow_class
+from dfjob.schedule import format_duration
+from dfjob.text import storable, storable_json
 
 SETTINGS_ENV = "DFJOB_RUNNER_SETTINGS"
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+BACKTRACE_LIMIT = 64 * 1024
+ERROR_LIMIT = 4000
 
 
-def run_attempt(job: dict[str, Any], allowed_modules: tuple[str, ...]) -> dict[str, Any]:
+def _prctl(option: int, value: int) -> None:
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # best effort: the other guards still hold
+            ctypes.CDLL(None, use_errno=True).prctl(option, value)
+
+
+def _do_nothing(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM are the supervisor's to act on (see the module docstring)."""
+
+
+class Channel:
+    """The runner's ends of its two pipes."""
+
+    def __init__(self, read_fd: int, write_fd: int, max_frame: int) -> None:
+        self.read_fd, self.write_fd = read_fd, write_fd
+        self.reader = protocol.FrameReader(max_frame)
+        self._lock = threading.Lock()
+
+    def send(self, message: protocol.Message) -> None:
+        frame = protocol.encode(message)
+        with self._lock:
+            view = memoryview(frame)
+            while view:
+                view = view[os.write(self.write_fd, view) :]
+
+    def send_now(self, message: protocol.Message) -> None:
+        """Best effort and never blocking: the runner is about to die."""
+        with contextlib.suppress(OSError):
+            os.set_blocking(self.write_fd, False)
+            os.write(self.write_fd, protocol.encode(message))
+
+    def receive(self) -> list[protocol.Message]:
+        """Block until at least one message; [] when the supervisor's end is closed."""
+        while True:
+            data = os.read(self.read_fd, 65536)
+            if not data:
+                return []
+            messages = self.reader.feed(data)
+            if messages:
+                return messages
+
+
+class Watchdog:
+    """Holds the current attempt's deadlines (monotonic) and ends the runner when one passes."""
+
+    def __init__(self, on_expiry: Callable[[int, str, str], None]) -> None:
+        self._condition = threading.Condition()
+        self._fence: float | None = None
+        self._timeout_at: float | None = None
+        self._run_id: int | None = None
+        self._timeout_seconds = 0
+        self._on_expiry = on_expiry
+        threading.Thread(target=self._watch, name="dfjob-watchdog", daemon=True).start()
+
+    def hold(self, run_id: int, fence: float) -> None:
+        with self._condition:
+            self._run_id, self._fence, self._timeout_at = run_id, fence, None
+            self._condition.notify()
+
+    def begin(self, timeout_seconds: int | None) -> None:
+        with self._condition:
+            self._timeout_seconds = timeout_seconds or 0
+            self._timeout_at = time.monotonic() + timeout_seconds if timeout_seconds else None
+            self._condition.notify()
+
+    def renew(self, fence: float) -> None:
+        with self._condition:
+            if self._fence is not None:
+                self._fence = max(self._fence, fence)
+            self._condition.notify()
+
+    def release(self) -> None:
+        with self._condition:
+            self._run_id = self._fence = self._timeout_at = None
+            self._condition.notify()
+
+    def _watch(self) -> None:
+        with self._condition:
+            while True:
+                deadlines = [value for value in (self._fence, self._timeout_at) if value is not None]
+                if not deadlines:
+                    self._condition.wait()
+                    continue
+                remaining = min(deadlines) - time.monotonic()
+                if remaining > 0:
+                    self._condition.wait(remaining)
+                    continue
+                run_id = self._run_id if self._run_id is not None else 0
+                if self._timeout_at is not None and self._timeout_at <= time.monotonic():
+                    self._on_expiry(run_id, "timeout", f"timed out after {format_duration(self._timeout_seconds)}")
+                else:
+                    self._on_expiry(run_id, "lease", "its lease was not renewed in time")
+                return
+
+
+def _fence_and_die(channel: Channel) -> Callable[[int, str, str], None]:
+    def expire(run_id: int, reason: str, detail: str) -> None:
+        channel.send_now(protocol.Fenced(run_id=run_id, reason=reason, at=time.monotonic(), detail=detail))
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    return expire
+
+
+def _children() -> list[int]:
+    """Live processes this runner is the parent of (as subreaper: any it started, however deep)."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children") as listing:
+                pids += [int(pid) for pid in listing.read().split()]
+    return pids
+
+
+def _peak_rss_kb() -> int | None:
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return None
+
+
+def _reset_peak_rss() -> None:
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    backtrace = traceback.format_exc()
+    if len(backtrace) > BACKTRACE_LIMIT:
+        backtrace = "…\n" + backtrace[-BACKTRACE_LIMIT:]
+    message = storable(f"{type(exc).__name__}: {exc}")
+    return {
+        "status": "failed",
+        "retry": "never" if isinstance(exc, (Discard, ClassPathRefused)) else "normal",
+        "error_message": message if len(message) <= ERROR_LIMIT else message[: ERROR_LIMIT - 1] + "…",
+        "error_backtrace": storable(backtrace),
+    }
+
+
+def check_result(result: Any, max_bytes: int) -> dict[str, Any] | None:
+    """The result as stored, or ValueError saying why it cannot be (the run then fails, no retry)."""
+    if result is None:
+        return None
+    if not isinstance(result, dict):
+        raise ValueError(f"run() must return a dict or None, not {type(result).__name__}")
+    try:
+        text = json.dumps(result, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the result is not JSON: {exc}") from None
+    if len(text.encode("utf-8", errors="surrogatepass")) > max_bytes:
+        raise ValueError(f"the result is over worker.max_result_bytes ({max_bytes} bytes)")
+    return storable_json(result)  # type: ignore[no-any-return]
+
+
+def run_attempt(job: protocol.Job, allowed_modules: tuple[str, ...], max_result_bytes: int) -> dict[str, Any]:
     """Run one attempt and describe its outcome; never raises."""
     log = bound_logger(
-        data_flow_id=job["data_flow_id"],
-        data_flow_name=job["data_flow_name"],
-        job_id=job["job_id"],
-        run_id=job["run_id"],
+        data_flow_id=job.data_flow_id, data_flow_name=job.data_flow_name, job_id=job.job_id, run_id=job.run_id
     )
     try:
-        flow_class = load_flow_class(job["class_path"], allowed_modules)
-        flow = flow_class(job["configuration"], job["params"], log)
+        flow_class = load_flow_class(job.class_path, allowed_modules)
+        flow = flow_class(job.configuration, job.params, log)
+        flow.set_context(
+            job_id=job.job_id,
+            run_id=job.run_id,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            scheduled_for=datetime.fromisoformat(job.scheduled_for) if job.scheduled_for else None,
+            triggered_by=job.triggered_by,
+        )
         result = flow.run()
-        if result is not None and not isinstance(result, dict):
-            raise TypeError(f"run() must return a dict or None, not {type(result).__name__}")
-        json.dumps(result, allow_nan=False)  # stored and printed as strict JSON
-        return {"status": "success", "result": result}
     except BaseException as exc:  # noqa: BLE001 (the one place that catches everything: user code)
-        return {
-            "status": "failed",
-            "retry": "never" if isinstance(exc, (Discard, ClassPathRefused)) else "normal",
-            "error_message": f"{type(exc).__name__}: {exc}",
-            "error_backtrace": traceback.format_exc(),
-        }
+        return _failure(exc)
+    try:
+        return {"status": "success", "result": check_result(result, max_result_bytes)}
+    except ValueError as exc:
+        # The flow's work has happened: running it again would do it twice.
+        return {"status": "failed", "retry": "never", "error_message": storable(f"result: {exc}")}
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):  # the pipe watchdog still covers it
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+class Runner:
+    """The runner's main loop: take a job, run it, report; the control thread feeds it."""
 
+    def __init__(self, channel: Channel, settings: dict[str, Any]) -> None:
+        self.channel = channel
+        self.allowed = tuple(settings.get("allowed_modules", ()))
+        self.max_result_bytes = int(settings.get("max_result_bytes", 1024 * 1024))
+        self.jobs: queue.SimpleQueue[protocol.Run] = queue.SimpleQueue()
+        self.watchdog = Watchdog(_fence_and_die(channel))
 
-def _watch_supervisor(read_fd: int) -> None:
-    """The pipe watchdog: the moment the supervisor's end of the pipe closes, stop, even mid-run.
-
-    It asks poll() for no events at all, so it sleeps through jobs arriving (the main thread reads
-    those) and wakes only on hang-up, which poll() always reports.
-    """
-    watcher = select.poll()
-    watcher.register(read_fd, 0)
-    while True:
-        for _, mask in watcher.poll():
-            if mask & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+    def control(self) -> None:
+        """The control thread: messages from the supervisor; exits the process when it is gone."""
+        while True:
+            try:
+                messages = self.channel.receive()
+            except (OSError, protocol.ProtocolError):
+                messages = []
+            if not messages:
                 os._exit(0)
+            for message in messages:
+                if isinstance(message, protocol.Run):
+                    self.watchdog.hold(message.job.run_id, message.fence)
+                    self.jobs.put(message)
+                elif isinstance(message, protocol.Renew):
+                    self.watchdog.renew(message.fence)
+
+    def serve(self) -> None:
+        while True:
+            order = self.jobs.get()
+            job = order.job
+            _reset_peak_rss()
+            cpu_before = _cpu_seconds()
+            started = time.monotonic()
+            self.watchdog.begin(job.timeout_seconds)
+            self.channel.send(protocol.Started(run_id=job.run_id, at=started))
+            outcome = run_attempt(job, self.allowed, self.max_result_bytes)
+            self.watchdog.release()
+            self.channel.send(
+                protocol.Ended(
+                    run_id=job.run_id,
+                    at=time.monotonic(),
+                    leftovers=bool(_children()),
+                    cpu_seconds=round(_cpu_seconds() - cpu_before, 3),
+                    max_rss_kb=_peak_rss_kb(),
+                    **outcome,
+                )
+            )
 
 
 def main(read_fd: int, write_fd: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
-    settings = json.loads(os.environ.get(SETTINGS_ENV, "{}"))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _do_nothing)
+    with contextlib.suppress(OSError):
+        os.setsid()
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    for fd in (read_fd, write_fd):
+        os.set_inheritable(fd, False)
+    settings = json.loads(os.environ.pop(SETTINGS_ENV, "{}"))
     configure_logging(settings.get("log_format", "json"), settings.get("log_level", "info"))
     add_import_paths(tuple(settings.get("paths", ())))
-    allowed = tuple(settings.get("allowed_modules", ()))
-    inbox = Connection(read_fd, writable=False)
-    outbox = Connection(write_fd, readable=False)
-    threading.Thread(target=_watch_supervisor, args=(read_fd,), daemon=True).start()
-    outbox.send_bytes(b'{"ready": true}')  # imports done: timings of the first run stay honest
-    while True:
-        try:
-            job = json.loads(inbox.recv_bytes())
-        except (EOFError, OSError):
-            os._exit(0)
-        outcome = run_attempt(job, allowed)
-        outcome["run_id"] = job["run_id"]
-        outbox.send_bytes(json.dumps(outcome).encode())
+    channel = Channel(read_fd, write_fd, int(settings.get("max_frame", 64 * 1024)))
+    runner = Runner(channel, settings)
+    threading.Thread(target=runner.control, name="dfjob-control", daemon=True).start()
+    try:
+        channel.send(protocol.Ready())  # imports done: timings of the first run stay honest
+        runner.serve()
+    except OSError:
+        os._exit(0)  # the supervisor is gone (a closed pipe): nothing left to report to
 
 
 if __name__ == "__main__":

@@ -1,45 +1,51 @@
-"""The worker daemon: a supervisor that claims jobs and runs them in runner processes.
+"""The worker daemon's supervisor: claims jobs, hands them to runner processes, writes what happened.
 
-One runner process per concurrency slot runs user code; this supervisor owns every database
-write. Its loop (`run_once`) renews its leases and takes back expired ones now and then, and each
-turn writes, in one round trip (`Store.turn`), the runs it started and the attempts that ended
-since the last turn, together with a claim for its free slots; then it hands the new jobs out,
-stamping `started_at` just before each runner gets its job. It never sleeps blindly: it waits on
-the runners' pipes, a wake-up pipe and the enqueue wake-ups, so a result, a new job or a stop
-request is seen at once. The core sees only `request_stop()`; `cli` wires signals to it.
+Its parts: `pool.RunnerPool` (the runner processes), `batch.WriteBatch` (starts and outcomes not
+yet written), `leases.LeaseKeeper` (renewals and the fences runners stop at) and
+`stopping.StopState`. This loop ties them together:
+- Each pass (`run_once`) renews the leases when due, then writes the batch and claims for idle
+  runners in one round trip (`Store.turn`), then takes back other workers' expired leases; so
+  after an outage a worker renews and writes what it holds before it rescues anything.
+- It hands out what it claimed and waits, never blindly, on the runners' pipes and pidfds, the
+  stop pipe and the enqueue wake-ups, until something happens.
+- A runner reports when an attempt really starts and how it ended. A runner that dies, breaks
+  the protocol, or stops itself at its fence or timeout costs that attempt, and the slot gets a
+  fresh runner.
+- The database may go away: the loop backs off (`db.unavailable`) while it keeps serving the
+  runners; when it is back, jobs a lost round trip claimed in its name are put back at once.
+The core sees only `request_stop()`; `cli` wires signals to it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from multiprocessing.connection import Connection, wait
+from datetime import datetime, timedelta
+from multiprocessing.connection import wait
 from typing import Any
 
-from dfjob import clock, events, wakeup
+from dfjob import clock, dbclock, events, protocol, wakeup
+from dfjob.batch import WriteBatch
 from dfjob.config import Settings, resolve_path
 from dfjob.db import describe_error, is_connection_error, reset_connection
-from dfjob.errors import DfjobError
-from dfjob.rescue import take_back_expired
-from dfjob.runner import SETTINGS_ENV
+from dfjob.leases import LeaseKeeper, take_back_expired
+from dfjob.pool import Lost, Received, RunnerPool, Slot
 from dfjob.schedule import format_duration
+from dfjob.stopping import StopState
 from dfjob.store import store
 from dfjob.store.rows import Claimed, ClaimRequest, Finished, Outcome, Retry, RunStatus
 
 MAX_DB_BACKOFF = 30.0
-MAX_FAILED_STARTS = 5
-# How long a turn waits for quick runs before writing the starts it has handed out.
+# How long a pass waits for quick runs before writing the starts it has seen, so that a run that
+# ends within it is written once, start and end together.
 START_WRITE_DELAY = 0.002
+# The supervisor's own timeout stop, should a runner's watchdog not have acted by then.
+TIMEOUT_BACKSTOP = 2.0
 
 
 def worker_name() -> str:
@@ -47,28 +53,24 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-@dataclass
-class Slot:
-    """One runner process and the attempt it is running, if any."""
+def wall_time(monotonic: float) -> datetime:
+    """A `time.monotonic()` value (a runner's report) as database time."""
+    return clock.now() - timedelta(seconds=time.monotonic() - monotonic)
 
-    process: subprocess.Popen[bytes]
-    inbox: Connection
-    outbox: Connection
-    ready: bool = False
-    job: Claimed | None = None
-    started_at: datetime | None = None
-    deadline: float | None = None
 
-    def close(self) -> None:
-        for conn in (self.inbox, self.outbox):
-            with contextlib.suppress(OSError):
-                conn.close()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        self.close()
+def runner_job(job: Claimed) -> protocol.Job:
+    return protocol.Job(
+        job_id=job.job_id,
+        run_id=job.run_id,
+        data_flow_id=job.data_flow_id,
+        data_flow_name=job.data_flow_name,
+        class_path=job.class_path,
+        configuration=job.configuration,
+        params=job.params,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        timeout_seconds=job.timeout_seconds,
+    )
 
 
 @dataclass
@@ -94,75 +96,45 @@ class Worker:
         self.concurrency = concurrency or settings.worker.concurrency
         self.max_jobs = max_jobs
         self.name = name or worker_name()
-        self.slots: list[Slot] = []
         self.stats = Stats()
+        self.pool = RunnerPool(self.concurrency, self._runner_settings(), settings.worker.max_result_bytes + (1 << 20))
+        self.batch = WriteBatch()
+        self.leases = LeaseKeeper(settings.worker.lease_seconds)
+        self.stop = StopState(settings.worker.shutdown_grace)
         self._burst = False
         self._found_nothing = False
-        self._failed_starts = 0
-        # Written at the next turn: attempts that ended, and runs handed to runners whose
-        # `in_progress` is not written yet, as (run ids, started_at).
-        self._pending_outcomes: list[Outcome] = []
-        self._unwritten_starts: list[tuple[list[int], datetime]] = []
         self._next_retry: float | None = None  # monotonic time our earliest retry is due
-        self._stopping = False
-        self._force = False
-        self._grace_deadline: float | None = None
-        self._next_maintenance = 0.0
         self._db_backoff = 0.0
+        # A round trip that claimed may have committed without our hearing back.
+        self._claims_unsure = False
         self._listener: wakeup.Listener | None = None
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._said_stopping = False
+        self._registered = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def request_stop(self, force: bool = False) -> None:
-        """Stop claiming; with `force`, also interrupt running attempts. Safe in a signal handler."""
-        if self._stopping:
-            force = True
-        self._stopping = True
-        self._force = self._force or force
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"\0")
+        """Stop claiming; with `force` (or a second request), interrupt running attempts. Safe in
+        a signal handler."""
+        self.stop.request(force)
 
     def start(self) -> None:
-        self.slots = [self._spawn() for _ in range(self.concurrency)]
+        self.pool.start()
         self._open_listener()
         events.emit(events.WORKER_STARTED, **self._identity())
 
-    def _open_listener(self) -> None:
-        """Subscribe to enqueue wake-ups; without them the worker still polls."""
-        try:
-            self._listener = wakeup.open_listener(self.settings.worker.notify)
-        except Exception as exc:  # noqa: BLE001 (wake-ups are an optimisation; polling carries on)
-            self._listener = None
-            events.log.warning("worker.wakeup_unavailable", error=describe_error(exc), worker=self.name)
-
-    def _close_listener(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-
     def close(self) -> None:
-        """Interrupt whatever still runs, stop the runners, and say so."""
+        """Interrupt whatever still runs, write what is left, stop the runners, and say so."""
         self._interrupt_all("interrupted: worker stopped")
         try:
             self._turn(clock.now(), claim=False)
+            if self._registered:
+                store().worker_stopped(self.name, clock.now())
         except Exception as exc:  # noqa: BLE001 (unwritten outcomes are rescued once their leases expire)
             events.emit(events.DB_UNAVAILABLE, error=describe_error(exc), retry_in=None, worker=self.name)
-        for slot in self.slots:
-            slot.close()
-        deadline = time.monotonic() + 5
-        for slot in self.slots:
-            try:
-                slot.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                slot.kill()
-        self.slots = []
+        self.pool.close()
         self._close_listener()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self.stop.close()
         events.emit(events.WORKER_STOPPED, **self._identity())
 
     def run(self, burst: bool = False) -> None:
@@ -172,221 +144,200 @@ class Worker:
         try:
             while True:
                 self.run_once()
-                if self._done(burst):
+                if self._done():
                     break
         finally:
             self.close()
 
-    def _done(self, burst: bool) -> bool:
-        if any(slot.job for slot in self.slots) or self._pending_outcomes or self._unwritten_starts:
+    def _done(self) -> bool:
+        if self.pool.busy() or self.batch:
             return False
-        if self._stopping:
+        if self.stop.requested:
             return True
         if self.max_jobs is not None and self.stats.claimed >= self.max_jobs:
             return True
-        return burst and self._found_nothing
+        return self._burst and self._found_nothing
 
-    # -- one pass --------------------------------------------------------------------------------
+    # -- one pass ------------------------------------------------------------------------------
 
     def run_once(self, now: datetime | None = None) -> bool:
         """One pass of the loop; returns True when it claimed at least one job."""
         now = now or clock.now()
         try:
-            if time.monotonic() >= self._next_maintenance:
-                self._maintain(now)
+            maintain = self.leases.due(time.monotonic())
+            if maintain:
+                self._renew()
+            if self._claims_unsure:
+                self._put_back_lost_claims()
             claimed = self._turn(now)
+            if maintain:
+                self.stats.rescued += len(take_back_expired(now, self.settings.retry))
+                if self._listener is None:
+                    self._open_listener()
         except Exception as exc:
             if not is_connection_error(exc):
                 raise
             self._database_down(exc)
             return False
         self._db_backoff = 0.0
-        if claimed and self._can_claim():
-            timeout = 0.0  # more may be ready right now
-        elif self._unwritten_starts:
-            # Give quick runs a moment to finish, so their start and end share the next turn.
-            timeout = min(self._idle_timeout(), START_WRITE_DELAY)
-        elif self._done(self._burst):
-            timeout = 0.0  # a burst with nothing left has nothing to wait for
-        else:
-            timeout = self._idle_timeout()
-        self._wait(timeout)
-        self._collect()
-        self._check_stop()
+        self._wait(self._timeout(claimed))
+        self._handle(self.pool.collect())
+        self._check_deadlines()
         return bool(claimed)
 
+    def _renew(self) -> None:
+        """Renew every lease we hold (running attempts and outcomes not yet written); an attempt
+        whose lease was taken back is stopped at once, and nothing is written about it. Also
+        measure the clock against the database's and say we are alive (the worker record)."""
+        dbclock.sync()
+        busy = self.pool.busy()
+        held = [(slot.job.job_id, slot.job.lease_token) for slot in busy if slot.job is not None]
+        held += [(outcome.job.job_id, outcome.job.lease_token) for outcome in self.batch.holds()]
+        renewed, fence = self.leases.renew(held)
+        self._record_alive([job_id for job_id, _ in held])
+        for slot in busy:
+            if slot.job is None:
+                continue
+            if slot.job.job_id in renewed:
+                self.pool.send(slot, protocol.Renew(fence=fence))
+            else:
+                events.log.warning("job.lease_lost", job_id=slot.job.job_id, worker=self.name)
+                self.pool.replace(slot)
+
+    def _record_alive(self, running: list[int]) -> None:
+        now = clock.now()
+        if self._registered:
+            store().worker_seen(self.name, now, running)
+            return
+        store().register_worker(
+            self.name,
+            socket.gethostname(),
+            os.getpid(),
+            self.queues,
+            self.concurrency,
+            self.settings.worker.lease_seconds,
+            now,
+        )
+        self._registered = True
+
+    def _put_back_lost_claims(self) -> None:
+        keep = [slot.job.lease_token for slot in self.pool.busy() if slot.job is not None]
+        keep += [outcome.job.lease_token for outcome in self.batch.holds()]
+        released = store().release_lost_claims(self.name, keep)
+        self._claims_unsure = False
+        if released:
+            events.log.info("job.released", job_ids=sorted(released), worker=self.name)
+
     def _turn(self, now: datetime, claim: bool = True) -> list[Claimed]:
-        """Write the starts and outcomes since the last turn and claim jobs for the free slots,
+        """Write the starts and outcomes since the last turn and claim jobs for the idle runners,
         in one round trip (Postgres) or one transaction (SQLite); then hand the jobs out."""
-        free = [slot for slot in self.slots if slot.ready and slot.job is None] if claim and self._can_claim() else []
+        idle = self.pool.idle() if claim and self._can_claim() else []
         request = None
-        if free:
-            limit = len(free) if self.max_jobs is None else min(len(free), self.max_jobs - self.stats.claimed)
+        if idle:
+            limit = len(idle) if self.max_jobs is None else min(len(idle), self.max_jobs - self.stats.claimed)
             request = ClaimRequest(self.name, self.queues, limit, now, self.settings.worker.lease_seconds)
-        outcomes, starts = self._pending_outcomes, self._unwritten_starts
-        if not outcomes and not starts and request is None:
+        if not self.batch and request is None:
             return []
-        self._pending_outcomes, self._unwritten_starts = [], []
+        outcomes, starts = self.batch.take()
+        sent = time.monotonic()
         try:
-            finished, claimed = store().turn(outcomes, starts, request, self.settings.retry)
+            turn = store().turn(outcomes, starts, request, self.settings.retry)
         except Exception:
-            # Nothing was written: keep all of it for the next turn.
-            self._pending_outcomes = outcomes + self._pending_outcomes
-            self._unwritten_starts = starts + self._unwritten_starts
+            self.batch.put_back(outcomes, starts)
+            self._claims_unsure = self._claims_unsure or request is not None
             raise
-        self._report(finished)
+        self._report(turn.finished)
         if request is not None:
-            self._found_nothing = not claimed
+            self._found_nothing = not turn.claimed
             if self._next_retry is not None and time.monotonic() >= self._next_retry:
                 self._next_retry = None  # this claim looked for it
-        if claimed:
-            self.stats.claimed += len(claimed)
-            started = clock.now()
-            for slot, job in zip(free, claimed, strict=False):
-                self._dispatch(slot, job, started)
-            self._unwritten_starts.append(([job.run_id for job in claimed], started))
-        return claimed
+        fence = self.leases.fence(sent)
+        for slot, job in zip(idle, turn.claimed, strict=False):
+            slot.job, slot.started, slot.deadline = job, None, None
+            self.pool.send(slot, protocol.Run(job=runner_job(job), fence=fence))
+        self.stats.claimed += len(turn.claimed)
+        return turn.claimed
 
     def _can_claim(self) -> bool:
-        if self._stopping:
+        if self.stop.requested:
             return False
-        if self.max_jobs is not None and self.stats.claimed >= self.max_jobs:
-            return False
-        return any(slot.ready and slot.job is None for slot in self.slots)
+        return self.max_jobs is None or self.stats.claimed < self.max_jobs
 
-    def _dispatch(self, slot: Slot, job: Claimed, started: datetime) -> None:
-        slot.job, slot.started_at = job, started
-        slot.deadline = time.monotonic() + job.timeout_seconds if job.timeout_seconds else None
+    # -- what the runners say ------------------------------------------------------------------
+
+    def _handle(self, happenings: Iterable[Received | Lost]) -> None:
+        for item in happenings:
+            if isinstance(item, Lost):
+                self._fail(item.slot, item.reason, Retry.NORMAL)
+                if not self.stop.requested:
+                    self.pool.replace(item.slot)
+                continue
+            slot, message = item.slot, item.message
+            job = slot.job
+            if job is None or getattr(message, "run_id", None) != job.run_id:
+                continue
+            if isinstance(message, protocol.Started):
+                self._started(slot, job, message)
+            elif isinstance(message, protocol.Ended):
+                self._ended(slot, job, message)
+            elif isinstance(message, protocol.Fenced):
+                reason = "lease lost: " if message.reason == "lease" else ""
+                self._fail(slot, f"{reason}{message.detail}", Retry.NORMAL)
+                self.pool.replace(slot)
+
+    def _started(self, slot: Slot, job: Claimed, message: protocol.Started) -> None:
+        slot.started = message.at
+        if job.timeout_seconds:
+            slot.deadline = message.at + job.timeout_seconds + TIMEOUT_BACKSTOP
+        self.batch.started(job.run_id, wall_time(message.at))
         events.emit(events.JOB_STARTED, **job.event_fields(), worker=self.name)
-        message = {
-            "job_id": job.job_id,
-            "run_id": job.run_id,
-            "data_flow_id": job.data_flow_id,
-            "data_flow_name": job.data_flow_name,
-            "class_path": job.class_path,
-            "configuration": job.configuration,
-            "params": job.params,
-        }
-        try:
-            slot.inbox.send_bytes(json.dumps(message).encode())
-        except OSError:
-            self._runner_died(slot)
 
-    def _maintain(self, now: datetime) -> None:
-        """Renew our leases and take back anyone's expired ones."""
-        lease = self.settings.worker.lease_seconds
-        self._next_maintenance = time.monotonic() + max(0.5, lease / 3)
-        if self._listener is None:
-            self._open_listener()
-        held = [slot.job.job_id for slot in self.slots if slot.job]
-        still_held = store().renew(self.name, held, now, lease)
-        for slot in self.slots:
-            if slot.job and slot.job.job_id not in still_held:
-                # Someone took this job back: stop running it, write nothing about it.
-                events.log.warning("job.lease_lost", job_id=slot.job.job_id, worker=self.name)
-                self._replace(slot)
-        self.stats.rescued += take_back_expired(now, self.settings.retry)
+    def _ended(self, slot: Slot, job: Claimed, message: protocol.Ended) -> None:
+        self.batch.ended(
+            Outcome(
+                job=job,
+                status=RunStatus(message.status),
+                started_at=wall_time(slot.started if slot.started is not None else message.at),
+                ended_at=wall_time(message.at),
+                result=message.result,
+                error_message=message.error_message,
+                error_backtrace=message.error_backtrace,
+                retry=Retry(message.retry),
+            )
+        )
+        slot.job = None
+        if message.leftovers:
+            # Processes the attempt started are still running: they die with the runner.
+            events.log.warning("runner.leftovers", job_id=job.job_id, run_id=job.run_id, worker=self.name)
+            self.pool.replace(slot)
 
-    def _idle_timeout(self) -> float:
-        timeout = self.settings.worker.poll_interval
+    def _fail(self, slot: Slot, message: str, retry: Retry) -> None:
+        """End the slot's attempt (if any) as failed; the caller deals with the runner."""
+        job = slot.job
+        if job is None:
+            return
+        ended = clock.now()
+        started = wall_time(slot.started) if slot.started is not None else ended
+        self.batch.ended(Outcome(job, RunStatus.FAILED, started, ended, error_message=message, retry=retry))
+        slot.job = slot.started = slot.deadline = None
+
+    def _check_deadlines(self) -> None:
         now = time.monotonic()
-        deadlines = [slot.deadline for slot in self.slots if slot.job and slot.deadline]
-        if self._grace_deadline is not None:
-            deadlines.append(self._grace_deadline)
-        if self._next_retry is not None and self._can_claim():
-            deadlines.append(self._next_retry)
-        if any(slot.job for slot in self.slots):
-            deadlines.append(self._next_maintenance)
-        for deadline in deadlines:
-            timeout = min(timeout, max(0.0, deadline - now))
-        return timeout
+        if self.stop.requested and not self._said_stopping:
+            self._said_stopping = True
+            events.log.info("worker.stopping", worker=self.name, running=len(self.pool.busy()))
+        if self.stop.must_interrupt(now):
+            self._interrupt_all("interrupted: worker stopped before the run finished")
+            return
+        for slot in self.pool.busy():
+            if slot.job is not None and slot.deadline is not None and now >= slot.deadline:
+                self._fail(slot, f"timed out after {format_duration(slot.job.timeout_seconds or 0)}", Retry.NORMAL)
+                self.pool.replace(slot)
 
-    def _wait(self, timeout: float) -> None:
-        watched: list[Any] = [self._wake_r, *(slot.outbox for slot in self.slots)]
-        if self._listener is not None:
-            watched.append(self._listener)
-        ready: list[Any] = wait(watched, timeout)
-        if self._listener is not None and self._listener in ready:
-            try:
-                self._listener.drain()
-            except Exception:  # noqa: BLE001 (the listening connection broke; reopen it later)
-                self._close_listener()
-        if self._wake_r in ready:
-            try:
-                while os.read(self._wake_r, 512):
-                    pass
-            except (BlockingIOError, OSError):
-                pass
-
-    def _collect(self) -> None:
-        """Read every finished attempt, notice dead runners and runs past their timeout."""
-        for slot in self.slots:
-            if slot.outbox.poll() if not slot.outbox.closed else False:
-                try:
-                    reply = json.loads(slot.outbox.recv_bytes())
-                except (EOFError, OSError):
-                    self._runner_died(slot)
-                    continue
-                if reply.get("ready"):
-                    slot.ready = True
-                    self._failed_starts = 0
-                elif slot.job is not None and reply.get("run_id") == slot.job.run_id:
-                    self._record(slot, reply)
-            elif slot.job and slot.deadline is not None and time.monotonic() >= slot.deadline:
-                seconds = slot.job.timeout_seconds or 0
-                self._fail_slot(slot, f"timed out after {format_duration(seconds)}", retry=Retry.NORMAL)
-
-    def _record(self, slot: Slot, reply: dict[str, Any]) -> None:
-        assert slot.job is not None
-        assert slot.started_at is not None
-        self._pending_outcomes.append(
-            Outcome(
-                job=slot.job,
-                status=RunStatus(reply["status"]),
-                started_at=slot.started_at,
-                ended_at=clock.now(),
-                result=reply.get("result"),
-                error_message=reply.get("error_message"),
-                error_backtrace=reply.get("error_backtrace"),
-                retry=Retry(reply.get("retry", "normal")),
-            )
-        )
-        slot.job = slot.started_at = slot.deadline = None
-
-    def _runner_died(self, slot: Slot) -> None:
-        code = slot.process.wait()
-        reason = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-        if not slot.ready:
-            # It died before it could run anything: respawning blindly would spin forever.
-            self._failed_starts += 1
-            if self._failed_starts >= MAX_FAILED_STARTS:
-                raise DfjobError(f"runner processes keep dying as they start ({reason}); see the log above")
-        if slot.job is not None:
-            self._fail_slot(slot, f"runner process died: {reason}", retry=Retry.NORMAL)
-        else:
-            self._replace(slot)
-
-    def _fail_slot(self, slot: Slot, message: str, retry: Retry) -> None:
-        """End the slot's attempt as failed, and give the slot a fresh runner."""
-        assert slot.job is not None
-        assert slot.started_at is not None
-        self._pending_outcomes.append(
-            Outcome(
-                job=slot.job,
-                status=RunStatus.FAILED,
-                started_at=slot.started_at,
-                ended_at=clock.now(),
-                error_message=message,
-                retry=retry,
-            )
-        )
-        self._replace(slot)
-
-    def _replace(self, slot: Slot) -> None:
-        slot.kill()
-        fresh = self._spawn()
-        slot.process, slot.inbox, slot.outbox, slot.ready = fresh.process, fresh.inbox, fresh.outbox, False
-        slot.job = slot.started_at = slot.deadline = None
+    def _interrupt_all(self, message: str) -> None:
+        for slot in self.pool.busy():
+            self.pool.kill(slot)
+            self._fail(slot, message, Retry.NOW)
 
     def _report(self, finished: list[Finished]) -> None:
         """One `job.finished` event per recorded outcome; a stale one only says its lease was lost."""
@@ -407,22 +358,51 @@ class Worker:
                 "will_retry": item.will_retry,
                 "job_status": item.job_status,
             }
-            if item.outcome.status == "failed":
+            level = None
+            if item.outcome.status == RunStatus.FAILED:
                 payload["error"] = item.outcome.error_message
-            events.emit(events.JOB_FINISHED, **payload)
+                # Alert on `error`: a job that failed for good; a failure that retries is a warning.
+                level = "warning" if item.will_retry else "error"
+            events.emit(events.JOB_FINISHED, level=level, **payload)
 
-    def _check_stop(self) -> None:
-        if not self._stopping:
-            return
-        if self._grace_deadline is None:
-            self._grace_deadline = time.monotonic() + self.settings.worker.shutdown_grace
-        if self._force or time.monotonic() >= self._grace_deadline:
-            self._interrupt_all("interrupted: worker stopped before the run finished")
+    # -- waiting -------------------------------------------------------------------------------
 
-    def _interrupt_all(self, message: str) -> None:
-        for slot in self.slots:
-            if slot.job is not None:
-                self._fail_slot(slot, message, retry=Retry.NOW)
+    def _timeout(self, claimed: list[Claimed]) -> float:
+        if claimed and self._can_claim() and self.pool.idle():
+            return 0.0  # more may be ready right now
+        if self.batch.starts and not self.batch.outcomes:
+            return min(self._idle_timeout(), START_WRITE_DELAY)
+        if self._done():
+            return 0.0  # a burst with nothing left has nothing to wait for
+        return self._idle_timeout()
+
+    def _idle_timeout(self) -> float:
+        timeout = self.settings.worker.poll_interval
+        now = time.monotonic()
+        deadlines = [slot.deadline for slot in self.pool.busy() if slot.deadline is not None]
+        grace = self.stop.grace_deadline()
+        if grace is not None:
+            deadlines.append(grace)
+        if self._next_retry is not None and self._can_claim():
+            deadlines.append(self._next_retry)
+        if self.pool.busy() or self.batch:
+            deadlines.append(self.leases.next_renewal())
+        for deadline in deadlines:
+            timeout = min(timeout, max(0.0, deadline - now))
+        return timeout
+
+    def _wait(self, timeout: float) -> None:
+        watched: list[Any] = [self.stop.wake_fd, *self.pool.fds()]
+        if self._listener is not None:
+            watched.append(self._listener)
+        ready: list[Any] = wait(watched, timeout)
+        if self._listener is not None and self._listener in ready:
+            try:
+                self._listener.drain()
+            except Exception:  # noqa: BLE001 (the listening connection broke; reopen it later)
+                self._close_listener()
+        if self.stop.wake_fd in ready:
+            self.stop.drain()
 
     def _database_down(self, exc: BaseException) -> None:
         self._db_backoff = min(MAX_DB_BACKOFF, max(0.5, self._db_backoff * 2))
@@ -430,32 +410,37 @@ class Worker:
         reset_connection()
         # Keep serving the runners (results, timeouts, a stop request) until the backoff is over.
         deadline = time.monotonic() + self._db_backoff
-        while (remaining := deadline - time.monotonic()) > 0 and not self._force:
+        while (remaining := deadline - time.monotonic()) > 0 and not self.stop.forced:
             self._wait(min(remaining, self._idle_timeout()))
-            self._collect()
-            self._check_stop()
+            self._handle(self.pool.collect())
+            self._check_deadlines()
 
-    def _spawn(self) -> Slot:
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        env = dict(os.environ)
-        env[SETTINGS_ENV] = json.dumps(
-            {
-                "paths": [resolve_path(self.settings, path) for path in self.settings.flows.paths],
-                "allowed_modules": list(self.settings.flows.allowed_modules),
-                "log_format": events.resolved_format(self.settings.log.format),
-                "log_level": self.settings.log.level,
-            }
-        )
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dfjob.runner", str(to_child_r), str(from_child_w)],
-            pass_fds=(to_child_r, from_child_w),
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
-        os.close(to_child_r)
-        os.close(from_child_w)
-        return Slot(process, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False))
+    # -- wake-ups ------------------------------------------------------------------------------
+
+    def _open_listener(self) -> None:
+        """Subscribe to enqueue wake-ups; without them the worker still polls."""
+        try:
+            self._listener = wakeup.open_listener(self.settings.worker.notify)
+        except Exception as exc:  # noqa: BLE001 (wake-ups are an optimisation; polling carries on)
+            self._listener = None
+            events.log.warning("worker.wakeup_unavailable", error=describe_error(exc), worker=self.name)
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                self._listener.close()
+            self._listener = None
+
+    def _runner_settings(self) -> dict[str, Any]:
+        settings = self.settings
+        return {
+            "paths": [resolve_path(settings, path) for path in settings.flows.paths],
+            "allowed_modules": list(settings.flows.allowed_modules),
+            "log_format": events.resolved_format(settings.log.format),
+            "log_level": settings.log.level,
+            "max_result_bytes": settings.worker.max_result_bytes,
+            "max_frame": 1 << 16,
+        }
 
     def _identity(self) -> dict[str, Any]:
         return {"worker": self.name, "queues": list(self.queues), "concurrency": self.concurrency}

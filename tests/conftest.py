@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -169,9 +170,29 @@ def _reset_process_state() -> Iterator[None]:
     events.reset_logging()
 
 
+class CapturedEvents(list[tuple[str, dict[str, object]]]):
+    """The events a callback saw; reading it first waits for the callbacks' thread to catch up."""
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, object]]]:
+        events.flush()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        events.flush()
+        return super().__len__()
+
+    def __getitem__(self, index: Any) -> Any:
+        events.flush()
+        return super().__getitem__(index)
+
+    def clear(self) -> None:
+        events.flush()
+        super().clear()
+
+
 @pytest.fixture
-def captured_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, object]]]:
+def captured_events() -> CapturedEvents:
     """Every lifecycle event emitted in this process, in order."""
-    seen: list[tuple[str, dict[str, object]]] = []
-    events._callbacks.append(("test", lambda name, payload: seen.append((name, payload))))
+    seen = CapturedEvents()
+    events._callbacks.append(("test", lambda name, payload: list.append(seen, (name, payload))))
     return seen

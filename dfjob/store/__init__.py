@@ -26,7 +26,7 @@ import json
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import peewee
@@ -168,8 +168,9 @@ class Store(ABC):
         finished_at = None if decision.will_retry else ended
         row = (
             job.job_id, job.lease_token, job.run_id, job.data_flow_id, str(decision.job_status),
-            to_db_time(decision.retry_at), finished_at, error, str(outcome.status), ended, duration_ms,
-            None if outcome.result is None else dump_json(outcome.result), error, outcome.error_backtrace,
+            to_db_time(decision.retry_at), finished_at, error, str(outcome.status), to_db_time(outcome.started_at),
+            ended, duration_ms, None if outcome.result is None else dump_json(outcome.result), error,
+            outcome.error_backtrace,
         )  # fmt: skip
         finished = Finished(outcome, decision.job_status, decision.will_retry, duration_ms, decision.retry_at)
         return finished, row
@@ -203,6 +204,10 @@ class Store(ABC):
         return uuid.uuid4().hex
 
     @abstractmethod
+    def limit_transaction(self) -> None:
+        """At the start of a transaction: apply the process's statement limit, if any."""
+
+    @abstractmethod
     def in_values(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """`column IN (…)` and its parameters."""
 
@@ -216,17 +221,29 @@ class Store(ABC):
 
     # -- leases --------------------------------------------------------------------------------
 
-    def renew(self, worker: str, job_ids: Sequence[int], now: datetime, lease_seconds: float) -> set[int]:
-        """Extend the leases this worker still holds; returns the job ids it still holds."""
-        if not job_ids:
-            return set()
-        expires = to_db_time(now + timedelta(seconds=lease_seconds))
-        where, params = self.in_values("id", job_ids)
-        rows = execute(
-            f"UPDATE dfjob.jobs SET lease_expires_at = ? WHERE {where} AND locked_by = ? AND status = 'running'"
-            " RETURNING id",
-            [expires, *params, worker],
-        ).fetchall()
+    @abstractmethod
+    def renew(self, leases: Sequence[tuple[int, str]], now: datetime, lease_seconds: float) -> set[int]:
+        """Extend the leases (job id, lease token) that are still what they were: returns the
+        job ids renewed. A lease taken back, or taken back and claimed again, is not renewed."""
+
+    def release_lost_claims(self, worker: str, keep_tokens: Sequence[str]) -> set[int]:
+        """Put back jobs claimed in `worker`'s name whose lease token it does not know: a round
+        trip that claimed them committed, but its answer never reached the worker. They go back
+        to `queued` with the attempt they never started returned, and their pending runs go."""
+        where, params = self.in_values("lease_token", keep_tokens)
+        lost = f"locked_by = ? AND status = 'running' AND NOT ({where})"
+        with write_transaction():
+            self.limit_transaction()
+            execute(
+                f"DELETE FROM dfjob.data_flow_runs WHERE status = 'pending' AND job_id IN"
+                f" (SELECT id FROM dfjob.jobs WHERE {lost})",
+                [worker, *params],
+            )
+            rows = execute(
+                "UPDATE dfjob.jobs SET status = 'queued', attempts = attempts - 1, locked_by = NULL,"
+                f" lease_token = NULL, lease_expires_at = NULL WHERE {lost} RETURNING id",
+                [worker, *params],
+            ).fetchall()
         return {row[0] for row in rows}
 
     # Postgres locks the expired job rows it takes back, skipping those another rescuer holds.
@@ -241,6 +258,7 @@ class Store(ABC):
             return []
         rescued = []
         with write_transaction():
+            self.limit_transaction()
             # Only the job rows are locked: a flow row locked here would make a heartbeat wait.
             rows = execute(
                 "SELECT jobs.id, jobs.data_flow_id, jobs.attempts, jobs.max_attempts, jobs.locked_by, data_flows.name"
@@ -300,6 +318,45 @@ class Store(ABC):
         )
         execute("UPDATE dfjob.data_flows SET last_run_status = 'failed' WHERE id = ?", (flow_id,))
         return Rescued(job_id, run_id, flow_id, flow_name, lost, decision.job_status, decision.will_retry)
+
+    # -- worker records --------------------------------------------------------------------------
+
+    def register_worker(
+        self,
+        name: str,
+        host: str,
+        pid: int,
+        queues: Sequence[str],
+        concurrency: int,
+        lease_seconds: float,
+        now: datetime,
+    ) -> None:
+        """A worker says it is there."""
+        from dfjob import __version__
+
+        stamp = to_db_time(now)
+        execute(
+            "INSERT INTO dfjob.workers (name, host, pid, queues, concurrency, version, lease_seconds, started_at,"
+            " last_seen_at, running_job_ids) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '[]')",
+            (name, host, pid, dump_json(list(queues)), concurrency, __version__, lease_seconds, stamp, stamp),
+        )
+
+    def worker_seen(self, name: str, now: datetime, running_job_ids: Sequence[int]) -> None:
+        """A worker is alive, running these jobs (with its lease renewals)."""
+        execute(
+            "UPDATE dfjob.workers SET last_seen_at = ?, running_job_ids = ? WHERE name = ?",
+            (to_db_time(now), dump_json(sorted(running_job_ids)), name),
+        )
+
+    def worker_stopped(self, name: str, now: datetime) -> None:
+        execute(
+            "UPDATE dfjob.workers SET stopped_at = ?, last_seen_at = ?, running_job_ids = '[]' WHERE name = ?",
+            (to_db_time(now), to_db_time(now), name),
+        )
+
+    def database_now(self) -> datetime | None:
+        """The database server's clock, where it is not this host's (Postgres); else None."""
+        return None
 
     # -- the operator's changes ----------------------------------------------------------------
 
@@ -366,6 +423,13 @@ class Store(ABC):
                     ).fetchall()
                 ]
                 if not ids:
+                    # Records of workers long gone go with the history they left.
+                    stamp = to_db_time(older_than)
+                    execute(
+                        "DELETE FROM dfjob.workers WHERE (stopped_at IS NOT NULL AND stopped_at < ?)"
+                        " OR last_seen_at < ?",
+                        (stamp, stamp),
+                    )
                     return jobs_deleted, runs_deleted
                 where, params = self.in_values("job_id", ids)
                 runs_deleted += execute(f"DELETE FROM dfjob.data_flow_runs WHERE {where}", params).rowcount

@@ -8,11 +8,12 @@ they get and psycopg prepares each once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dfjob import wakeup
 from dfjob.config import RetrySettings
+from dfjob.db import statement_limit_ms
 from dfjob.models import to_db_time
 from dfjob.sql import execute, pipeline
 from dfjob.store import DueJob, Start, Store
@@ -22,8 +23,8 @@ from dfjob.store.rows import ClaimRequest, Outcome, Turn
 FINISH_COLUMNS = (
     ("id", "bigint"), ("token", "text"), ("run_id", "bigint"), ("flow_id", "bigint"), ("job_status", "text"),
     ("run_at", "timestamp"), ("finished_at", "timestamp"), ("last_error", "text"), ("run_status", "text"),
-    ("ended_at", "timestamp"), ("duration_ms", "integer"), ("result", "text"), ("error_message", "text"),
-    ("error_backtrace", "text"),
+    ("started_at", "timestamp"), ("ended_at", "timestamp"), ("duration_ms", "integer"), ("result", "text"),
+    ("error_message", "text"), ("error_backtrace", "text"),
 )  # fmt: skip
 # Runs and flows change only where the fenced jobs update did (the `j` join).
 FINISH = (
@@ -36,7 +37,8 @@ FINISH = (
     "  finished_at = v.finished_at, last_error = v.last_error,"
     "  locked_by = NULL, lease_token = NULL, lease_expires_at = NULL"
     "  FROM v WHERE jobs.id = v.id AND jobs.lease_token = v.token AND jobs.status = 'running' RETURNING jobs.id),"
-    " r AS (UPDATE dfjob.data_flow_runs SET status = v.run_status, ended_at = v.ended_at,"
+    " r AS (UPDATE dfjob.data_flow_runs SET status = v.run_status,"
+    "  started_at = COALESCE(data_flow_runs.started_at, v.started_at), ended_at = v.ended_at,"
     "  duration_ms = v.duration_ms, result = v.result, error_message = v.error_message,"
     "  error_backtrace = v.error_backtrace FROM v JOIN j ON j.id = v.id WHERE data_flow_runs.id = v.run_id),"
     " f AS (UPDATE dfjob.data_flows SET last_run_status = v.run_status FROM v JOIN j ON j.id = v.id"
@@ -68,12 +70,40 @@ ENQUEUE_MANY = (
 )
 
 
+LIMITS = "SELECT set_config('statement_timeout', ?, true), set_config('idle_in_transaction_session_timeout', ?, true)"
+
+
+def _limits() -> list[tuple[str, list[Any]]]:
+    """The statement that applies the process's limit to the rest of a transaction (a pipeline's
+    implicit one included): transaction-local, so it also holds behind PgBouncer."""
+    limit = statement_limit_ms()
+    return [] if limit is None else [(LIMITS, [str(limit), str(limit)])]
+
+
 class PostgresStore(Store):
     # Skip jobs another rescuer is taking back; never lock their flows (a heartbeat would wait).
     rescue_lock = " FOR UPDATE OF jobs SKIP LOCKED"
 
+    def limit_transaction(self) -> None:
+        for statement, params in _limits():
+            execute(statement, params)
+
     def in_values(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(?)", [list(values)]
+
+    def renew(self, leases: Sequence[tuple[int, str]], now: datetime, lease_seconds: float) -> set[int]:
+        ids, tokens = ([lease[0] for lease in leases], [lease[1] for lease in leases])
+        renew = (
+            "UPDATE dfjob.jobs SET lease_expires_at = ? FROM unnest(CAST(? AS bigint[]), CAST(? AS text[]))"
+            " AS v(id, token) WHERE jobs.id = v.id AND jobs.lease_token = v.token AND jobs.status = 'running'"
+            " RETURNING jobs.id",
+            [to_db_time(now + timedelta(seconds=lease_seconds)), ids, tokens],
+        )
+        return {row[0] for row in pipeline([*_limits(), renew])[-1]}
+
+    def database_now(self) -> datetime | None:
+        value: datetime = execute("SELECT clock_timestamp()").fetchone()[0]
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
 
     def notify(self, queue: str) -> None:
         execute("SELECT pg_notify(?, ?)", (wakeup.channel(), queue))
@@ -96,7 +126,8 @@ class PostgresStore(Store):
     ) -> Turn:
         planned = [self._plan(outcome, retry) for outcome in outcomes]
         token = self.new_token()
-        statements = [self._mark_started_statement(run_ids, stamp) for run_ids, stamp in starts if run_ids]
+        statements = _limits()
+        statements += [self._mark_started_statement(run_ids, stamp) for run_ids, stamp in starts if run_ids]
         finish_at = claim_at = -1
         if planned:
             finish_at = len(statements)
@@ -105,7 +136,7 @@ class PostgresStore(Store):
         if request is not None:
             claim_at = len(statements)
             statements.append(self._claim_statement(request, token))
-        if not statements:
+        if len(statements) == len(_limits()):
             return Turn([], [])
         results = pipeline(statements)
         changed = {row[0] for row in results[finish_at]} if finish_at >= 0 else set()

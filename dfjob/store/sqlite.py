@@ -21,7 +21,7 @@ CHUNK = 300
 # The columns of one outcome row, shared by the statements that record a batch of outcomes.
 FINISH_COLUMNS = (
     "id, token, run_id, flow_id, job_status, run_at, finished_at, last_error,"
-    " run_status, ended_at, duration_ms, result, error_message, error_backtrace"
+    " run_status, started_at, ended_at, duration_ms, result, error_message, error_backtrace"
 )
 FINISH_JOBS = (
     "UPDATE dfjob.jobs SET status = v.job_status, run_at = COALESCE(v.run_at, jobs.run_at),"
@@ -31,7 +31,8 @@ FINISH_JOBS = (
     " RETURNING jobs.id"
 )
 FINISH_RUNS = (
-    "UPDATE dfjob.data_flow_runs SET status = v.run_status, ended_at = v.ended_at,"
+    "UPDATE dfjob.data_flow_runs SET status = v.run_status, started_at = COALESCE(data_flow_runs.started_at,"
+    " v.started_at), ended_at = v.ended_at,"
     " duration_ms = v.duration_ms, result = v.result, error_message = v.error_message,"
     " error_backtrace = v.error_backtrace FROM v WHERE data_flow_runs.id = v.run_id"
 )
@@ -55,6 +56,24 @@ def _values(rows: Sequence[tuple[Any, ...]]) -> tuple[str, list[Any]]:
 class SqliteStore(Store):
     def in_values(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return f"{column} IN ({marks(len(values))})", list(values)
+
+    def renew(self, leases: Sequence[tuple[int, str]], now: datetime, lease_seconds: float) -> set[int]:
+        expires = to_db_time(now + timedelta(seconds=lease_seconds))
+        held: set[int] = set()
+        with write_transaction():
+            for start in range(0, len(leases), CHUNK):
+                chunk = leases[start : start + CHUNK]
+                rows = execute(
+                    f"WITH v(id, token) AS (VALUES {', '.join(['(?, ?)'] * len(chunk))})"
+                    " UPDATE dfjob.jobs SET lease_expires_at = ? FROM v WHERE jobs.id = v.id"
+                    " AND jobs.lease_token = v.token AND jobs.status = 'running' RETURNING jobs.id",
+                    [*(value for lease in chunk for value in lease), expires],
+                ).fetchall()
+                held.update(row[0] for row in rows)
+        return held
+
+    def limit_transaction(self) -> None:
+        """SQLite has no statement limits: its writers wait at most `busy_timeout` for the lock."""
 
     def notify(self, queue: str) -> None:
         """SQLite has no notifications: `wake_after_commit` pokes the workers instead."""

@@ -21,26 +21,32 @@ def _exited(daemon: Daemon) -> bool:
     return daemon.process.poll() is not None
 
 
+def _blocking_flow(dfjob: Dfjob) -> tuple[Path, Path]:
+    """A flow `hold` that runs until the test creates its release file: (marker, release)."""
+    marker, release = dfjob.directory / "hold.pid", dfjob.directory / "hold.release"
+    dfjob.add_flow("hold", "sample_flows:WaitForRelease", config={"marker": str(marker), "release": str(release)})
+    return marker, release
+
+
 def test_sigterm_lets_the_running_attempt_finish(make_dfjob: Callable[..., Dfjob], database_url: str) -> None:
     dfjob = make_dfjob(database_url, worker={"shutdown_grace": 30})
-    marker = dfjob.directory / "nap.pid"
-    dfjob.add_flow("nap", "sample_flows:Sleep", config={"marker": str(marker)})
+    marker, release = _blocking_flow(dfjob)
     dfjob.add_flow("later", "sample_flows:Succeed", "--priority", "5")
-    nap_job = dfjob.trigger("nap", "--param", "seconds=2")
+    held_job = dfjob.trigger("hold")
     later_job = dfjob.trigger("later")
     worker = dfjob.start("worker")
-    dfjob.wait_for_pid(marker)
+    runner_pid = dfjob.wait_for_pid(marker)
 
-    signalled_at = datetime.now(UTC)
     worker.signal(signal.SIGTERM)
+    wait_for(lambda: worker.events("worker.stopping"), what="the worker to take the stop request")
+    assert pid_alive(runner_pid)
+    assert not _exited(worker)
+    release.touch()
 
     assert worker.wait(timeout=60) == 0, worker.stderr()
-    [run] = dfjob.runs_of(nap_job)
+    [run] = dfjob.runs_of(held_job)
     assert run["status"] == "success", run
-    ended_at = as_time(run["ended_at"])
-    assert ended_at is not None
-    assert ended_at > signalled_at, "the run should have finished after the stop request"
-    assert dfjob.job(nap_job)["status"] == "succeeded"
+    assert dfjob.job(held_job)["status"] == "succeeded"
     # A stopping worker claims nothing new.
     assert dfjob.job(later_job)["status"] == "queued"
     assert dfjob.runs_of(later_job) == []
@@ -78,27 +84,26 @@ def test_second_sigterm_interrupts_the_running_attempt(make_dfjob: Callable[...,
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_to_the_process_group_spares_the_runner(
+def test_signal_to_the_process_group_is_the_supervisors_to_act_on(
     make_dfjob: Callable[..., Dfjob], database_url: str, signum: signal.Signals
 ) -> None:
     dfjob = make_dfjob(database_url, worker={"shutdown_grace": 60})
-    marker = dfjob.directory / "nap.pid"
-    dfjob.add_flow("nap", "sample_flows:Sleep", config={"marker": str(marker)})
-    job_id = dfjob.trigger("nap", "--param", "seconds=3")
+    marker, release = _blocking_flow(dfjob)
+    job_id = dfjob.trigger("hold")
     worker = dfjob.start("worker")
     runner_pid = dfjob.wait_for_pid(marker)
     assert parent_of(runner_pid) == worker.pid
-    assert os.getpgid(runner_pid) == worker.pid, "the runner shares the worker's process group"
+    # Each attempt runs in a process group of its own, which a signal to the worker's group misses.
+    assert os.getpgid(runner_pid) == runner_pid
 
-    signalled_at = datetime.now(UTC)
     worker.signal_group(signum)
+    wait_for(lambda: worker.events("worker.stopping"), what="the worker to take the stop request")
+    assert pid_alive(runner_pid)
+    release.touch()
 
     assert worker.wait(timeout=60) == 0, worker.stderr()
     [run] = dfjob.runs_of(job_id)
     assert run["status"] == "success", run
-    ended_at = as_time(run["ended_at"])
-    assert ended_at is not None
-    assert ended_at > signalled_at
     assert dfjob.job(job_id)["status"] == "succeeded"
 
 

@@ -345,7 +345,7 @@ def test_a_stale_worker_cannot_complete_or_fail_a_job_whose_lease_was_taken(data
 # -- leases ------------------------------------------------------------------------------------------
 
 
-def test_renew_leases_extends_only_this_workers_running_jobs(database: Settings) -> None:
+def test_renew_extends_only_leases_whose_token_still_holds(database: Settings) -> None:
     now = clock.now()
     mine = _enqueue(_flow(database, "mine"), now)
     theirs = _enqueue(_flow(database, "theirs"), now)
@@ -357,13 +357,46 @@ def test_renew_leases_extends_only_this_workers_running_jobs(database: Settings)
     store_ops.finish([_outcome(finished, "success", now, now)], _retry())
 
     later = now + timedelta(seconds=20)
-    held = store().renew("me", [mine, theirs, done], later, 30)
+    leases = [(mine, first.lease_token), (theirs, "0" * 32), (done, finished.lease_token)]
+    held = store().renew(leases, later, 30)
 
     assert held == {mine}
     assert _job(mine).lease_expires_at == later + timedelta(seconds=30)
     assert _job(theirs).lease_expires_at == now + timedelta(seconds=30)
     assert _job(done).lease_expires_at is None
-    assert store().renew("me", [], later, 30) == set()
+    assert store().renew([], later, 30) == set()
+
+
+def test_a_lease_taken_back_and_claimed_again_by_the_same_worker_is_not_renewed_by_the_old_one(
+    database: Settings,
+) -> None:
+    t0 = clock.now()
+    job_id = _enqueue(_flow(database, "reclaimed"), t0, max_attempts=3)
+    old = _claim_one(t0, worker="me", lease=30)
+    store().rescue_expired(t0 + timedelta(seconds=31), _retry())
+    new = _claim_one(t0 + timedelta(seconds=32), worker="me", lease=30)
+    assert (old.job_id, new.job_id) == (job_id, job_id)
+
+    assert store().renew([(job_id, old.lease_token)], t0 + timedelta(seconds=40), 30) == set()
+    assert _job(job_id).lease_expires_at == t0 + timedelta(seconds=62)
+    assert store().renew([(job_id, new.lease_token)], t0 + timedelta(seconds=40), 30) == {job_id}
+
+
+def test_claims_whose_answer_never_arrived_go_back_with_their_attempt_and_no_run(database: Settings) -> None:
+    now = clock.now()
+    kept = _enqueue(_flow(database, "kept"), now)
+    lost = _enqueue(_flow(database, "lost"), now)
+    other = _enqueue(_flow(database, "other"), now)
+    held = _claim_one(now, worker="me", lease=60)
+    _claim_one(now, worker="me", lease=60)
+    _claim_one(now, worker="them", lease=60)
+
+    assert store().release_lost_claims("me", [held.lease_token]) == {lost}
+
+    assert (_job(lost).status, _job(lost).attempts, _job(lost).locked_by) == ("queued", 0, None)
+    assert _runs(lost) == []
+    assert (_job(kept).status, _job(other).status) == ("running", "running")
+    assert len(_runs(kept)) == len(_runs(other)) == 1
 
 
 def test_rescue_expired_fails_the_lost_run_and_requeues_the_job(database: Settings) -> None:

@@ -76,6 +76,21 @@ class Sleep(dfjob.Flow):
         return {"slept": True}
 
 
+class WaitForRelease(dfjob.Flow):
+    """Writes its pid to `config.marker`, then returns once the file `config.release` exists
+    (a test decides when the run ends); fails after `config.limit` seconds (default 60)."""
+
+    def run(self) -> dict[str, Any]:
+        Path(self.config["marker"]).write_text(f"{os.getpid()}\n")
+        release = Path(self.config["release"])
+        deadline = time.monotonic() + float(self.config.get("limit", 60))
+        while not release.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{release} never appeared")
+            time.sleep(0.01)
+        return {"released": True}
+
+
 class Ledger(dfjob.Flow):
     """Appends one line per execution to `config.ledger`: proves each job ran exactly once."""
 

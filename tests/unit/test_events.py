@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ import structlog
 from dfjob import events
 from dfjob.config import MonitoringSettings, Settings
 from dfjob.errors import DfjobError
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -83,6 +86,7 @@ def test_callbacks_receive_name_and_payload(capsys: pytest.CaptureFixture[str]) 
     events._callbacks.append(("first", lambda name, payload: seen.append((name, payload))))
     events._callbacks.append(("second", lambda name, payload: seen.append((name.upper(), payload))))
     events.emit(events.HEARTBEAT_FINISHED, due=2, enqueued=1, skipped=1)
+    events.flush()
     assert seen == [
         ("heartbeat.finished", {"due": 2, "enqueued": 1, "skipped": 1}),
         ("HEARTBEAT.FINISHED", {"due": 2, "enqueued": 1, "skipped": 1}),
@@ -99,6 +103,7 @@ def test_each_callback_gets_its_own_payload_copy() -> None:
     events._callbacks.append(("meddle", meddle))
     events._callbacks.append(("watch", lambda name, payload: seen.append(payload)))
     events.emit(events.JOB_ENQUEUED, job_id=1)
+    events.flush()
     assert seen == [{"job_id": 1}]
 
 
@@ -112,6 +117,7 @@ def test_raising_callback_is_logged_and_does_not_propagate(capsys: pytest.Captur
     events._callbacks.append(("mod:broken", broken))
     events._callbacks.append(("after", lambda name, payload: seen.append(name)))
     events.emit(events.JOB_ENQUEUED, job_id=1)
+    events.flush()
     assert seen == ["job.enqueued"]  # the next callback still ran
     lines = _lines(capsys)
     assert [line["event"] for line in lines] == ["job.enqueued", events.CALLBACK_FAILED]
@@ -119,6 +125,30 @@ def test_raising_callback_is_logged_and_does_not_propagate(capsys: pytest.Captur
     assert failure["level"] == "warning"
     assert failure["callback"] == "mod:broken"
     assert "monitoring is down" in failure["error"]
+
+
+def test_a_hanging_callback_delays_neither_the_caller_nor_later_events(capsys: pytest.CaptureFixture[str]) -> None:
+    _json_logs()
+    release = threading.Event()
+    seen: list[str] = []
+    events._callbacks.append(("mod:hangs", lambda name, payload: release.wait(30)))
+    events._callbacks.append(("after", lambda name, payload: seen.append(name)))
+    monkeypatch_timeout = events._dispatcher()
+    old_timeout, monkeypatch_timeout.timeout = monkeypatch_timeout.timeout, 0.2
+    try:
+        started = time.monotonic()
+        events.emit(events.JOB_ENQUEUED, job_id=1)
+        events.emit(events.JOB_STARTED, job_id=1)
+        assert time.monotonic() - started < 0.1, "emit waited for a callback"
+        wait_for(lambda: seen == ["job.enqueued", "job.started"], timeout=10, what="both events past the hang")
+        timeouts = [line for line in _lines(capsys) if line["event"] == events.CALLBACK_TIMEOUT]
+        assert [(line["callback"], line["failed_event"]) for line in timeouts] == [
+            ("mod:hangs", "job.enqueued"),
+            ("mod:hangs", "job.started"),
+        ]
+    finally:
+        release.set()
+        monkeypatch_timeout.timeout = old_timeout
 
 
 def _settings(*callbacks: str) -> Settings:
@@ -149,6 +179,7 @@ def test_load_callbacks_loads_and_replaces(tmp_path: Path) -> None:
     events.load_callbacks(_settings(f"{name}:hook"))
     assert [path for path, _ in events._callbacks] == [f"{name}:hook"]
     events.emit(events.JOB_ENQUEUED, job_id=5)
+    events.flush()
     assert sys.modules[name].SEEN == [("job.enqueued", {"job_id": 5})]
 
 

@@ -1,0 +1,13 @@
+"""The `dfjob` command's entry point. Stop signals are caught before anything else is imported,
+so a daemon stopped at any moment of its start exits cleanly (see `signals`)."""
+
+from __future__ import annotations
+
+
+def main() -> None:
+    from dfjob import signals
+
+    signals.catch_early()
+    from dfjob.cli import main as run
+
+    run()
