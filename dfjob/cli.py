@@ -18,7 +18,7 @@ import click
 import peewee
 
 from dfjob import __version__, clock, dbclock, events, history, migrations, overview, registry, signals
-from dfjob.config import LOG_LEVELS, Settings, check_queue_name, load_settings, resolve_path
+from dfjob.config import LOG_LEVELS, Settings, check_queue_name, is_id, load_settings, resolve_path
 from dfjob.db import (
     DEFAULT_NETWORK_TIMEOUT,
     close_database,
@@ -39,6 +39,7 @@ from dfjob.schedule import parse_duration
 from dfjob.signals import on_stop
 from dfjob.store import check_finished_statuses, store
 from dfjob.store.rows import FINISHED
+from dfjob.text import printable
 from dfjob.trigger import parse_params, parse_run_at, retry_job, trigger_run
 
 _debug = False
@@ -120,7 +121,8 @@ class App:
 
 def _app() -> App:
     app = click.get_current_context().find_object(App)
-    assert app is not None
+    if app is None:
+        raise RuntimeError("a dfjob command ran outside the `dfjob` group")
     return app
 
 
@@ -136,7 +138,7 @@ def _emit(as_json: bool, value: Any, text: Callable[[], str]) -> None:
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     if not rows:
         return "(none)"
-    cells = [[("" if row.get(col) is None else str(row.get(col))) for col in columns] for row in rows]
+    cells = [[("" if row.get(col) is None else printable(str(row.get(col)))) for col in columns] for row in rows]
     widths = [max(len(col), *(len(line[i]) for line in cells)) for i, col in enumerate(columns)]
     lines = ["  ".join(col.ljust(width) for col, width in zip(columns, widths, strict=True)).rstrip()]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in cells]
@@ -148,8 +150,8 @@ def _describe_flow(flow: dict[str, Any]) -> str:
         "id", "name", "class_path", "queue", "priority", "enabled", "schedule", "max_attempts", "timeout",
         "last_run_at", "last_run_status", "next_run_at",
     ]  # fmt: skip
-    lines = [f"{key}: {'' if flow[key] is None else flow[key]}" for key in keys]
-    lines.append(f"configuration: {json.dumps(flow['configuration'])}")
+    lines = [f"{key}: {'' if flow[key] is None else printable(str(flow[key]))}" for key in keys]
+    lines.append(f"configuration: {printable(json.dumps(flow['configuration'], ensure_ascii=False))}")
     return "\n".join(lines)
 
 
@@ -549,8 +551,8 @@ def jobs(
 
 
 def _job_id(text: str) -> int:
-    if not text.isdigit():
-        raise DfjobError(f"a job id is a number, not {text!r}")
+    if not is_id(text):
+        raise DfjobError(f"a job id is a number in ASCII digits, not {text!r}")
     return int(text)
 
 
@@ -602,7 +604,7 @@ def prune(older_than: str | None, statuses: tuple[str, ...], as_json: bool) -> N
 def _fail(message: str) -> NoReturn:
     if _debug:
         click.echo(scrub(traceback.format_exc()).rstrip(), err=True)
-    click.echo(f"Error: {' '.join(message.split())}", err=True)
+    click.echo(f"Error: {printable(' '.join(message.split()))}", err=True)
     sys.exit(1)
 
 

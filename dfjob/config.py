@@ -20,6 +20,8 @@ from typing import Any
 from dfjob.errors import DfjobError
 from dfjob.schedule import parse_duration
 
+# What no database stores as text: NUL, and surrogates that are not part of a pair.
+UNSTORABLE_TEXT = re.compile(r"[\x00\ud800-\udfff]")
 QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,63}")
 FLOW_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,127}")
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -273,12 +275,25 @@ def parse_json_object(text: str, option: str) -> dict[str, Any]:
 
 
 def check_json_object(value: dict[str, Any], where: str) -> dict[str, Any]:
-    """Refuse what strict JSON cannot hold (NaN, infinities, non-JSON types), e.g. from TOML."""
+    """Refuse what strict JSON cannot hold (NaN, infinities, non-JSON types), e.g. from TOML, and
+    text no database stores as it is (a NUL, a lone surrogate)."""
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise DfjobError(f"{where}: not representable as JSON: {exc}") from None
+    if _holds_unstorable(value):
+        raise DfjobError(f"{where}: a text holds a NUL character or a lone surrogate, which cannot be stored")
     return value
+
+
+def _holds_unstorable(value: Any) -> bool:
+    if isinstance(value, str):
+        return UNSTORABLE_TEXT.search(value) is not None
+    if isinstance(value, dict):
+        return any(_holds_unstorable(key) or _holds_unstorable(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_unstorable(item) for item in value)
+    return False
 
 
 def check_queue_name(name: str, allowed: tuple[str, ...], where: str = "queue") -> str:
@@ -290,6 +305,11 @@ def check_queue_name(name: str, allowed: tuple[str, ...], where: str = "queue") 
     if allowed and name not in allowed:
         raise DfjobError(f"{where}: queue {name!r} is not in queues.allowed ({', '.join(allowed)})")
     return name
+
+
+def is_id(text: str) -> bool:
+    """All ASCII digits: an id (`١` and other digits are not)."""
+    return text.isascii() and text.isdigit()
 
 
 def check_flow_name(name: str) -> str:

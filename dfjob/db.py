@@ -153,6 +153,15 @@ def pg_schema() -> str | None:
     return _schema
 
 
+def _create_private(path: str) -> None:
+    """A SQLite file dfjob creates is readable by its owner only; SQLite gives its `-wal` and
+    `-shm` files the same mode."""
+    if path == ":memory:" or os.path.exists(path):
+        return
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
 def advisory_key(purpose: str, schema: str | None = None) -> int:
     """A Postgres advisory lock key for `purpose` in the schema in use (or `schema`): two dfjob
     installs that share one database (in two schemas) never share a lock."""
@@ -170,6 +179,8 @@ def connect(
     """Bind the proxy to the URL's database and open a connection, or fail with one clear line."""
     global _schema
     database = make_database(url, base_dir, network_timeout, prepared_statements)
+    if isinstance(database, peewee.SqliteDatabase):
+        _create_private(str(database.database))
     _schema = schema if isinstance(database, peewee.PostgresqlDatabase) else None
     database_proxy.initialize(database)  # the models pick up `_schema` here (see models.py)
     try:
@@ -185,10 +196,20 @@ def describe_error(exc: BaseException) -> str:
     return scrub(text)
 
 
+# Postgres refusals that say "not now", not "never": a statement or lock timeout (a server that did
+# not answer in time), a deadlock or serialization failure, a server shutting down.
+TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "40P01", "40001", "57P01", "57P02", "57P03", "53300"})
+
+
 def is_connection_error(exc: BaseException) -> bool:
-    """True for errors that mean the server went away, not that a statement was wrong."""
+    """True for errors that mean the server went away or could not answer in time, not that a
+    statement was wrong: the caller backs off and tries again."""
     if isinstance(exc, peewee.InterfaceError):
         return True
+    # peewee wraps the driver's exception: the original, with its SQLSTATE, is the context.
+    for original in (exc.__cause__, exc.__context__, *(exc.args[:1] if exc.args else ())):
+        if getattr(original, "sqlstate", None) in TRANSIENT_SQLSTATES:
+            return True
     if isinstance(exc, peewee.OperationalError):
         text = str(exc).lower()
         if "locked" in text or "busy" in text:  # SQLite contention: a retry, not an outage

@@ -1,7 +1,8 @@
 """The heartbeat: one pass that enqueues every enabled data flow whose schedule is due.
 
 Safe to run from any number of processes at once: on Postgres the due flows are locked with
-`FOR UPDATE` (in id order, so heartbeats cannot deadlock), on SQLite the pass is one
+`FOR NO KEY UPDATE` (in id order, so heartbeats cannot deadlock; a trigger takes the flow's row
+first too), on SQLite the pass is one
 `BEGIN IMMEDIATE` transaction; either way a flow's `next_run_at` moves forward in the same
 transaction that enqueues its job, so a second heartbeat no longer sees it as due.
 The one-active-job index backs this up.
@@ -82,11 +83,11 @@ def lock_due_flows(now: datetime, allowed_queues: Sequence[str] = ()) -> list[Du
     `allowed_queues` (`queues.allowed`), flows left on another queue are not due: a trigger would
     refuse them too.
 
-    Postgres: plain `FOR UPDATE` in id order, not SKIP LOCKED: a flow row is also locked briefly
+    Postgres: plain `FOR NO KEY UPDATE` in id order, not SKIP LOCKED: a flow row is also locked briefly
     when its job finishes, and a skipped flow would wait a whole heartbeat. A second heartbeat
     waits here instead, then re-checks `next_run_at <= now` on the moved row and leaves it alone.
     """
-    lock = " ORDER BY id FOR UPDATE" if is_postgres() else ""
+    lock = " ORDER BY id FOR NO KEY UPDATE" if is_postgres() else ""
     where = ""
     params: list[Any] = []
     if allowed_queues:

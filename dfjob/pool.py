@@ -123,17 +123,19 @@ class RunnerPool:
             # Asked before reading: a runner that died has written everything it ever will.
             dead = slot.process.poll() is not None
             try:
-                for message in slot.reader.feed(self._read(slot), now):
-                    if isinstance(message, protocol.Ready):
-                        slot.ready, self._failed_starts = True, 0
-                    yield Received(slot, message)
+                messages = slot.reader.feed(self._read(slot), now)
                 if slot.reader.stalled(now):
                     raise protocol.ProtocolError("a frame was left half-written")
             except protocol.ProtocolError as exc:
                 self.kill(slot)
                 yield Lost(slot, f"runner protocol error: {exc}")
                 continue
-            if dead:
+            for message in messages:
+                if isinstance(message, protocol.Ready):
+                    slot.ready, self._failed_starts = True, 0
+                yield Received(slot, message)
+            # The caller may have replaced the runner on one of its messages (it said it fenced).
+            if dead and not slot.gone:
                 yield Lost(slot, self._death(slot))
 
     @staticmethod
@@ -175,8 +177,12 @@ class RunnerPool:
                 os.close(fd)
 
     def replace(self, slot: Slot) -> Slot:
-        """A fresh runner in this slot's place (the old one killed first)."""
+        """A fresh runner in this slot's place (the old one killed first). A slot replaced already
+        keeps the runner that replaced it."""
         self.kill(slot)
+        current = self.slots[slot.index]
+        if current is not slot:
+            return current
         fresh = self._spawn(slot.index)
         self.slots[slot.index] = fresh
         return fresh

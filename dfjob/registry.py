@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import sys
 import tomllib
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import peewee
+import tomli_w
 
 from dfjob import clock
 from dfjob.config import (
@@ -25,6 +25,7 @@ from dfjob.config import (
     check_flow_name,
     check_json_object,
     check_queue_name,
+    is_id,
     parse_json_object,
     resolve_path,
 )
@@ -34,6 +35,7 @@ from dfjob.flow import add_import_paths, load_flow_class
 from dfjob.models import DataFlow
 from dfjob.schedule import Schedule, format_duration, parse_duration
 from dfjob.store import store
+from dfjob.text import printable
 
 IMPORT_KEYS = ("name", "class", "queue", "priority", "every", "cron", "config", "max_attempts", "timeout", "enabled")
 MAX_PRIORITY = 2**31 - 1
@@ -87,12 +89,10 @@ def check_class_path(settings: Settings, class_path: str) -> None:
 
 def get_flow(ref: str) -> DataFlow:
     """A data flow by id (all digits) or by name."""
-    if ref.isdigit():
-        flow = DataFlow.get_or_none(DataFlow.id == int(ref))
-    else:
-        flow = DataFlow.get_or_none(DataFlow.name == ref)
+    found = DataFlow.id == int(ref) if is_id(ref) else DataFlow.name == ref
+    flow = DataFlow.get_or_none(found)
     if flow is None:
-        raise DfjobError(f"no data flow with {'id' if ref.isdigit() else 'name'} {ref!r}")
+        raise DfjobError(f"no data flow with {'id' if is_id(ref) else 'name'} {ref!r}")
     return flow
 
 
@@ -235,7 +235,7 @@ def _spec_from_table(index: int, table: Any) -> FlowSpec:
     if not isinstance(table, dict):
         raise DfjobError(f"{where}: must be a table")
     if isinstance(table.get("name"), str):
-        where = f"flow #{index + 1} ({table['name']})"
+        where = f"flow #{index + 1} ({printable(table['name'])})"
     unknown = sorted(set(table) - set(IMPORT_KEYS))
     if unknown:
         raise DfjobError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(IMPORT_KEYS)})")
@@ -270,18 +270,21 @@ def _import_config(value: dict[str, Any] | str, where: str) -> dict[str, Any]:
 
 
 def _export_config(configuration: dict[str, Any]) -> dict[str, Any] | str:
-    """A TOML table, unless it holds a null somewhere: then the JSON text, which import also reads."""
+    """A TOML table, unless TOML cannot hold it (a null, an integer over 64 bits): then the JSON
+    text, which import also reads."""
 
-    def has_null(value: Any) -> bool:
+    def fits(value: Any) -> bool:
         if value is None:
-            return True
+            return False
+        if isinstance(value, int) and not isinstance(value, bool):
+            return -(2**63) <= value < 2**63
         if isinstance(value, dict):
-            return any(has_null(item) for item in value.values())
+            return all(fits(item) for item in value.values())
         if isinstance(value, list):
-            return any(has_null(item) for item in value)
-        return False
+            return all(fits(item) for item in value)
+        return True
 
-    return json.dumps(configuration, sort_keys=True) if has_null(configuration) else configuration
+    return configuration if fits(configuration) else json.dumps(configuration, sort_keys=True, ensure_ascii=False)
 
 
 def import_flows(settings: Settings, path: str) -> tuple[int, int]:
@@ -306,7 +309,6 @@ def import_flows(settings: Settings, path: str) -> tuple[int, int]:
     now = clock.now()
     prepared: list[tuple[DataFlow, bool]] = []
     for index, spec in enumerate(specs):
-        assert spec.name is not None
         existing = DataFlow.get_or_none(DataFlow.name == spec.name)
         flow = existing or DataFlow(created_at=now)
         # The file is the whole truth about a flow: a key it leaves out takes its default.
@@ -314,7 +316,7 @@ def import_flows(settings: Settings, path: str) -> tuple[int, int]:
         try:
             _apply(settings, flow, spec, now)
         except DfjobError as exc:
-            raise DfjobError(f"{path}: flow #{index + 1} ({spec.name}): {exc}") from None
+            raise DfjobError(f"{path}: flow #{index + 1} ({printable(spec.name or '')}): {exc}") from None
         prepared.append((flow, existing is None))
     with write_transaction():
         for flow, _ in prepared:
@@ -325,42 +327,19 @@ def import_flows(settings: Settings, path: str) -> tuple[int, int]:
 
 def export_flows() -> str:
     """All data flows as TOML [[flow]] tables, in the format `import_flows` reads."""
-    chunks = []
+    tables = []
     for flow in DataFlow.select().order_by(DataFlow.id):
-        lines = ["[[flow]]"]
-        entries: list[tuple[str, Any]] = [
-            ("name", flow.name),
-            ("class", flow.class_path),
-            ("queue", flow.queue),
-            ("priority", flow.priority),
-            ("every", format_duration(flow.every_seconds) if flow.every_seconds is not None else None),
-            ("cron", flow.cron),
-            ("max_attempts", flow.max_attempts),
-            ("timeout", format_duration(flow.timeout_seconds) if flow.timeout_seconds is not None else None),
-            ("enabled", bool(flow.enabled)),
-            ("config", _export_config(flow.configuration)),
-        ]
-        for key, value in entries:
-            if value is not None:
-                lines.append(f"{key} = {_toml_value(value, f'{flow.name}.{key}')}")
-        chunks.append("\n".join(lines))
-    return "\n\n".join(chunks) + ("\n" if chunks else "")
-
-
-def _toml_value(value: Any, where: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else str(value)  # TOML spells nan and inf so
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(item, where) for item in value) + "]"
-    if isinstance(value, dict):
-        items = [f"{json.dumps(str(key))} = {_toml_value(item, f'{where}.{key}')}" for key, item in value.items()]
-        return "{" + ", ".join(items) + "}"
-    if value is None:
-        raise DfjobError(f"cannot export {where}: TOML has no null")
-    raise DfjobError(f"cannot export {where}: unsupported value {type(value).__name__}")
+        entries: dict[str, Any] = {
+            "name": flow.name,
+            "class": flow.class_path,
+            "queue": flow.queue,
+            "priority": flow.priority,
+            "every": format_duration(flow.every_seconds) if flow.every_seconds is not None else None,
+            "cron": flow.cron,
+            "max_attempts": flow.max_attempts,
+            "timeout": format_duration(flow.timeout_seconds) if flow.timeout_seconds is not None else None,
+            "enabled": bool(flow.enabled),
+            "config": _export_config(flow.configuration),
+        }
+        tables.append({key: value for key, value in entries.items() if value is not None})
+    return tomli_w.dumps({"flow": tables}) if tables else ""

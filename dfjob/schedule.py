@@ -83,6 +83,8 @@ def parse_cron(expression: str) -> BaseTrigger:
     from apscheduler.triggers.cron import CronTrigger
 
     fields = expression.split()
+    if not expression.isascii():
+        raise DfjobError(f"invalid cron expression {expression!r} (ASCII digits, names and * , - / only)")
     if len(fields) != 5:
         raise DfjobError(f"invalid cron expression {expression!r} (five fields: minute hour day month weekday)")
     minute, hour, day, month, weekday = fields

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from dfjob import clock, events
-from dfjob.config import Settings, check_queue_name, parse_json_object
+from dfjob.config import Settings, check_json_object, check_queue_name, parse_json_object
 from dfjob.errors import DfjobError
 from dfjob.models import DataFlow
 from dfjob.registry import check_priority
@@ -24,7 +24,7 @@ def parse_params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, A
         if not sep or not key:
             raise DfjobError(f"--param {pair!r} must look like KEY=VALUE")
         params[key] = value
-    return params
+    return check_json_object(params, "--param")
 
 
 def parse_run_at(text: str) -> datetime:

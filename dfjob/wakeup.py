@@ -8,6 +8,10 @@
   byte to each socket there after it commits. A socket whose worker died is removed by the next
   sender.
 Either way a lost wake-up costs at most one poll interval, never a job.
+
+The SQLite folder is private: created with mode 0700, refused when it is a symlink, owned by
+someone else or open to others (a wake-up folder planted elsewhere must not make dfjob remove
+files there), and only sockets are ever removed from it.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import contextlib
 import hashlib
 import os
 import socket
+import stat
 import uuid
 from typing import Protocol
 
 import peewee
 
 from dfjob.db import database_proxy, is_postgres, pg_schema
+from dfjob.errors import DfjobError
 
 # AF_UNIX paths are limited to 108 bytes; longer ones are reached through /proc/self/fd.
 MAX_SOCKET_PATH = 100
@@ -66,11 +72,30 @@ def _short_path(folder: str, name: str):  # type: ignore[no-untyped-def]
         os.close(fd)
 
 
+def checked_folder(folder: str, create: bool) -> bool:
+    """True when `folder` is a private folder of ours (created, mode 0700, when `create` and it is
+    missing); False when it does not exist; refused (DfjobError) when it is not safe to use."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
+    try:
+        info = os.lstat(folder)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise DfjobError(f"wake-up folder {folder} is not a plain folder (a symlink?): refusing to use it")
+    if info.st_uid != os.geteuid():
+        raise DfjobError(f"wake-up folder {folder} belongs to another user: refusing to use it")
+    if info.st_mode & 0o077:
+        os.chmod(folder, 0o700)
+    return True
+
+
 class SQLiteListener:
     """A datagram socket beside the database file that enqueuers poke."""
 
     def __init__(self, folder: str) -> None:
-        os.makedirs(folder, exist_ok=True)
+        checked_folder(folder, create=True)
         self.folder = folder
         self.name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}.sock"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -127,12 +152,12 @@ def open_listener(enabled: bool) -> Listener | None:
 def wake_sqlite_workers() -> None:
     """After an enqueue commits on SQLite: poke every idle worker of this database file."""
     folder = sqlite_wake_dir(database_proxy.obj)
-    if folder is None:
-        return
     try:
+        if folder is None or not checked_folder(folder, create=False):
+            return
         names = [name for name in os.listdir(folder) if name.endswith(".sock")]
-    except FileNotFoundError:
-        return
+    except (DfjobError, OSError):
+        return  # waking is an optimisation: the workers still poll
     if not names:
         return
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
@@ -144,7 +169,13 @@ def wake_sqlite_workers() -> None:
                 except BlockingIOError:
                     pass  # its buffer is full of wake-ups already
                 except (ConnectionRefusedError, FileNotFoundError):
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(folder, name))  # its worker is gone
+                    _remove_socket(os.path.join(folder, name))  # its worker is gone
                 except OSError:
                     pass
+
+
+def _remove_socket(path: str) -> None:
+    """Remove a dead worker's socket, and nothing that is not a socket."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)

@@ -46,6 +46,9 @@ MAX_DB_BACKOFF = 30.0
 START_WRITE_DELAY = 0.002
 # The supervisor's own timeout stop, should a runner's watchdog not have acted by then.
 TIMEOUT_BACKSTOP = 2.0
+# Wake-ups are coalesced: however many arrive, a worker that found nothing to claim claims again
+# at most this often (about 100 times a second). The first claim after a quiet spell is not delayed.
+MIN_IDLE_CLAIM_INTERVAL = 0.01
 
 
 def worker_name() -> str:
@@ -78,6 +81,7 @@ class Stats:
     claimed: int = 0
     finished: int = 0
     rescued: int = 0
+    claim_requests: int = 0
 
 
 class Worker:
@@ -110,6 +114,8 @@ class Worker:
         self._listener: wakeup.Listener | None = None
         self._said_stopping = False
         self._registered = False
+        self._last_claim = 0.0
+        self._claim_held_until: float | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -231,7 +237,7 @@ class Worker:
     def _turn(self, now: datetime, claim: bool = True) -> list[Claimed]:
         """Write the starts and outcomes since the last turn and claim jobs for the idle runners,
         in one round trip (Postgres) or one transaction (SQLite); then hand the jobs out."""
-        idle = self.pool.idle() if claim and self._can_claim() else []
+        idle = self.pool.idle() if claim and self._can_claim() and self._claim_allowed() else []
         request = None
         if idle:
             limit = len(idle) if self.max_jobs is None else min(len(idle), self.max_jobs - self.stats.claimed)
@@ -240,12 +246,20 @@ class Worker:
             return []
         outcomes, starts = self.batch.take()
         sent = time.monotonic()
+        if request is not None:
+            self._last_claim = sent
+            self.stats.claim_requests += 1
         try:
             turn = store().turn(outcomes, starts, request, self.settings.retry)
-        except Exception:
+        except Exception as exc:
             self.batch.put_back(outcomes, starts)
             self._claims_unsure = self._claims_unsure or request is not None
-            raise
+            if is_connection_error(exc) or not outcomes:
+                raise
+            # The database refused something in the batch, not the connection: find what it was
+            # and write the rest, so that one bad outcome never stops the worker.
+            self._write_one_by_one(exc)
+            return []
         self._report(turn.finished)
         if request is not None:
             self._found_nothing = not turn.claimed
@@ -257,6 +271,51 @@ class Worker:
             self.pool.send(slot, protocol.Run(job=runner_job(job), fence=fence))
         self.stats.claimed += len(turn.claimed)
         return turn.claimed
+
+    def _claim_allowed(self) -> bool:
+        """False for a moment after a claim that found nothing (see MIN_IDLE_CLAIM_INTERVAL);
+        the claim it holds back is made when the moment is over."""
+        if not self._found_nothing:
+            return True
+        wait_until = self._last_claim + MIN_IDLE_CLAIM_INTERVAL
+        if time.monotonic() >= wait_until:
+            self._claim_held_until = None
+            return True
+        self._claim_held_until = wait_until
+        return False
+
+    def _write_one_by_one(self, error: BaseException) -> None:
+        """Write each outcome of the batch alone; one the database refuses is written instead as
+        a failure that says so (no result, no backtrace), or given up to the lease's expiry."""
+        outcomes, starts = self.batch.take()
+        finished: list[Finished] = []
+        for outcome in outcomes:
+            try:
+                finished += store().turn([outcome], [], None, self.settings.retry).finished
+                continue
+            except Exception as exc:  # noqa: BLE001 (any refusal of this one outcome is handled below)
+                if is_connection_error(exc):
+                    self.batch.put_back([outcome], [])
+                    continue
+                reason = describe_error(exc)
+            events.log.error("run.unstorable", run_id=outcome.job.run_id, job_id=outcome.job.job_id, error=reason)
+            message = f"could not store this attempt's outcome: {reason}"
+            replacement = Outcome(
+                outcome.job,
+                RunStatus.FAILED,
+                outcome.started_at,
+                outcome.ended_at,
+                error_message=message[:1000],
+                # A success whose result could not be stored has done its work: no retry.
+                retry=Retry.NEVER if outcome.status == RunStatus.SUCCESS else outcome.retry,
+            )
+            try:
+                finished += store().turn([replacement], [], None, self.settings.retry).finished
+            except Exception as exc:  # noqa: BLE001 (left to the lease's expiry: the job is taken back then)
+                events.log.error("run.unstorable", run_id=outcome.job.run_id, error=describe_error(exc))
+        self._report(finished)
+        self.batch.put_back([], starts)
+        events.log.warning("worker.batch_refused", error=describe_error(error), worker=self.name)
 
     def _can_claim(self) -> bool:
         if self.stop.requested:
@@ -385,6 +444,8 @@ class Worker:
             deadlines.append(grace)
         if self._next_retry is not None and self._can_claim():
             deadlines.append(self._next_retry)
+        if self._claim_held_until is not None:
+            deadlines.append(self._claim_held_until)
         if self.pool.busy() or self.batch:
             deadlines.append(self.leases.next_renewal())
         for deadline in deadlines:

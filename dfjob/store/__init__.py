@@ -50,6 +50,7 @@ from dfjob.store.rows import (
     RunStatus,
     Turn,
 )
+from dfjob.text import storable
 
 ERROR_MESSAGE_LIMIT = 4000
 # A start to write: the runs handed to runners, and when.
@@ -83,6 +84,9 @@ class Store(ABC):
         for _ in range(10):
             enqueued: Enqueued | None = None
             with write_transaction():
+                # The flow row first, as a heartbeat takes it: a trigger and a heartbeat on the same
+                # flow wait for each other in one order, and never deadlock.
+                self.lock_flow(data_flow_id)
                 rows = execute(
                     "INSERT INTO dfjob.jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues,"
                     " run_at, params, created_at) VALUES (?, ?, ?, 'queued', 0, ?, 0, ?, ?, ?)"
@@ -131,6 +135,10 @@ class Store(ABC):
         have an active job are left alone. Returns {data_flow_id: job_id} for the jobs created."""
 
     @abstractmethod
+    def lock_flow(self, data_flow_id: int) -> None:
+        """Inside a transaction that enqueues for a flow: take its row's lock first."""
+
+    @abstractmethod
     def notify(self, queue: str) -> None:
         """Inside an enqueue's transaction: wake idle workers of `queue` once it commits."""
 
@@ -164,13 +172,14 @@ class Store(ABC):
         )
         ended = to_db_time(outcome.ended_at)
         duration_ms = max(0, int((outcome.ended_at - outcome.started_at).total_seconds() * 1000))
-        error = error_line(outcome.error_message) if outcome.error_message else None
+        # Runners send storable text already; what a worker writes must be storable whatever sent it.
+        error = storable(error_line(outcome.error_message)) if outcome.error_message else None
+        backtrace = storable(outcome.error_backtrace) if outcome.error_backtrace else None
         finished_at = None if decision.will_retry else ended
         row = (
             job.job_id, job.lease_token, job.run_id, job.data_flow_id, str(decision.job_status),
             to_db_time(decision.retry_at), finished_at, error, str(outcome.status), to_db_time(outcome.started_at),
-            ended, duration_ms, None if outcome.result is None else dump_json(outcome.result), error,
-            outcome.error_backtrace,
+            ended, duration_ms, None if outcome.result is None else dump_json(outcome.result), error, backtrace,
         )  # fmt: skip
         finished = Finished(outcome, decision.job_status, decision.will_retry, duration_ms, decision.retry_at)
         return finished, row

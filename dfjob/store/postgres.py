@@ -105,6 +105,10 @@ class PostgresStore(Store):
         value: datetime = execute("SELECT clock_timestamp()").fetchone()[0]
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
+    def lock_flow(self, data_flow_id: int) -> None:
+        # NO KEY UPDATE: the job rows' foreign keys take KEY SHARE on the flow, which it lets through.
+        execute("SELECT id FROM dfjob.data_flows WHERE id = ? FOR NO KEY UPDATE", (data_flow_id,))
+
     def notify(self, queue: str) -> None:
         execute("SELECT pg_notify(?, ?)", (wakeup.channel(), queue))
 

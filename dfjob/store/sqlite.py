@@ -75,6 +75,9 @@ class SqliteStore(Store):
     def limit_transaction(self) -> None:
         """SQLite has no statement limits: its writers wait at most `busy_timeout` for the lock."""
 
+    def lock_flow(self, data_flow_id: int) -> None:
+        """BEGIN IMMEDIATE already holds the one write lock."""
+
     def notify(self, queue: str) -> None:
         """SQLite has no notifications: `wake_after_commit` pokes the workers instead."""
 

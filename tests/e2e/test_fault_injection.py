@@ -221,10 +221,15 @@ def _pg_ready(url: str) -> bool:
 def pg_cluster(postgres_url: str) -> Iterator[tuple[str, str]]:
     """(version, url) of a local cluster this test may restart; it is up again afterwards, whatever happens."""
     version = _postgres_version()
+    missing = None
     if version is None or shutil.which("pg_ctlcluster") is None or shutil.which("pg_isready") is None:
-        pytest.skip("needs a local Debian-style Postgres cluster (pg_ctlcluster, /etc/postgresql)")
-    if urlsplit(postgres_url).hostname not in ("127.0.0.1", "localhost", "::1"):
-        pytest.skip("the Postgres server is not local")
+        missing = "needs a local Debian-style Postgres cluster (pg_ctlcluster, /etc/postgresql)"
+    elif urlsplit(postgres_url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        missing = "the Postgres server is not local"
+    if missing is not None:
+        if os.environ.get("DFJOB_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"Postgres is required, but this test cannot restart it: {missing}")
+        pytest.skip(missing)
     try:
         yield version, postgres_url
     finally:

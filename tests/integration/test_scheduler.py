@@ -17,13 +17,14 @@ def test_a_heartbeat_pass_during_an_outage_logs_db_unavailable_and_the_next_pass
     add_flow(database, FlowSpec(name="hourly", class_path="sample_flows:Succeed", every="1h"))
     reachable = db.database_proxy.obj
     db.database_proxy.initialize(db.make_database(UNREACHABLE, "."))
-
-    Scheduler(replace(database, database=DatabaseSettings(url=UNREACHABLE)), interval=1).beat()
+    try:
+        Scheduler(replace(database, database=DatabaseSettings(url=UNREACHABLE)), interval=1).beat()
+    finally:
+        db.database_proxy.initialize(reachable)
 
     [payload] = [payload for name, payload in captured_events if name == "db.unavailable"]
     assert "s3cret" not in str(payload["error"])
     assert payload["retry_in"] == 1
-    db.database_proxy.initialize(reachable)
     Scheduler(database, interval=1).beat()
     assert Job.select().count() == 1
     assert [event for event, _ in captured_events].count("heartbeat.finished") == 1

@@ -41,12 +41,26 @@ PROPERTY = hypothesis_settings(
 # -- oracles --------------------------------------------------------------------------------------
 
 
+UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def storable(value: Any) -> bool:
+    """No text in it a database cannot store as it is: a NUL or a lone surrogate."""
+    if isinstance(value, str):
+        return not UNSTORABLE.search(value)
+    if isinstance(value, dict):
+        return all(storable(key) and storable(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(storable(item) for item in value)
+    return True
+
+
 def json_object(text: str) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
     except ValueError:
         return None
-    return value if isinstance(value, dict) else None
+    return value if isinstance(value, dict) and storable(value) else None
 
 
 def duration_seconds(text: str) -> int | None:
@@ -63,8 +77,15 @@ def toml_string(text: str) -> str:
 
 # -- strategies -----------------------------------------------------------------------------------
 
+# Lone surrogates (what os.fsdecode makes of bytes that are not UTF-8) and NUL: text that no database stores.
+awkward_text = st.text(alphabet=st.characters(categories=["Cs"]) | st.sampled_from("\x00a\x1b"), max_size=3)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+    | awkward_text,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=8,
 )
@@ -100,7 +121,13 @@ durations = st.one_of(
     st.sampled_from(["1.5h", "-1m", "5 m", "\u0663s", "1h30m"]),
 )
 good_pairs = st.tuples(st.text(min_size=1, max_size=6).filter(lambda key: "=" not in key), st.text(max_size=8))
-param_pairs = st.one_of(good_pairs.map("=".join), st.text(max_size=8))
+param_pairs = st.one_of(good_pairs.map("=".join), st.text(max_size=8), awkward_text.map(lambda text: f"k={text}"))
+# Ids are ASCII digits; other scripts have digits too (Arabic-Indic ١, Devanagari १, fullwidth １).
+id_texts = st.one_of(
+    st.integers(2, 10**6).map(str),  # ids the database does not hold: job and flow 1 exist
+    st.text(alphabet=st.characters(categories=["Nd"]), min_size=1, max_size=3),
+    st.sampled_from(["\u0661", "1\u0663", "\uff11", "0x1", "+1", " 1", "1 "]),
+)
 priorities = st.integers(-1000, 1000)
 
 # Half the cases draw every field from the likely-valid strategies, so acceptances are common too.
@@ -228,7 +255,8 @@ def test_trigger_params_refuse_or_round_trip_as_strings(cli: Cli, pairs: list[st
     if not cli.dump()["data_flows"]:
         cli.json("flows", "add", "p", "--class", "sample_flows:Succeed")
     argv = ["trigger", *(f"--param={pair}" for pair in pairs)]
-    if not all("=" in pair and not pair.startswith("=") for pair in pairs):
+    well_formed = all("=" in pair and not pair.startswith("=") for pair in pairs)
+    if not well_formed or not all(storable(pair) for pair in pairs):
         cli.refused(*argv, "--json", "p")
         return
     job_id = cli.json(*argv, "p")["job_id"]
@@ -275,3 +303,17 @@ def test_config_values_refuse_or_apply(cli: Cli, case: tuple[list[str], list[str
     assert cli.json(*argv, "q")["queue"] == flow_queue
     assert cli.json("flows", "show", "q")["queue"] == flow_queue
     assert cli("flows", "remove", "q")[0] == 0
+
+
+@PROPERTY
+@given(text=id_texts)
+def test_ids_are_ascii_digits_only(cli: Cli, text: str) -> None:
+    if not cli.dump()["data_flows"]:
+        cli.json("flows", "add", "only", "--class", "sample_flows:Succeed")
+        cli.json("trigger", "only")
+    for command in (["jobs", "cancel"], ["jobs", "retry"], ["flows", "show"]):
+        line = cli.refused(*command, "--", text)
+        if command[0] == "jobs" and not (text.isascii() and text.isdigit()):
+            assert "a job id is a number" in line
+    # Job 1 and flow 1 are untouched, whatever digits stood for 1.
+    assert [job["status"] for job in cli.json("jobs")] == ["queued"]

@@ -22,7 +22,8 @@ def test_redact_url_hides_the_password_wherever_it_stands(url: str, shown: str) 
     assert "s3c" not in db.redact_url(url)
 
 
-def test_scrub_removes_the_password_of_the_database_last_built() -> None:
+def test_scrub_removes_the_password_of_the_database_last_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(db, "_password", None)
     db.make_database("postgresql://u:s3cret@127.0.0.1:1/db", ".")
     assert db.scrub('auth failed for "u" with s3cret') == 'auth failed for "u" with ***'
     db.make_database("postgresql://u@127.0.0.1:1/db?password=hunter2", ".")

@@ -28,18 +28,24 @@ INSTALLED_DFJOB = "/usr/local/bin/dfjob"
 CONFIG_ARGS = "--config /etc/dfjob/dfjob.toml"
 
 HARDENING = {
+    "UMask": "0077",
     "NoNewPrivileges": "yes",
+    "CapabilityBoundingSet": "",
     "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
     "ProtectSystem": "strict",
     "ReadWritePaths": "/var/lib/dfjob",
-    "ProtectHome": "read-only",
+    "ProtectHome": "yes",
     "ProtectKernelTunables": "yes",
     "ProtectKernelModules": "yes",
     "ProtectControlGroups": "yes",
+    "ProtectProc": "invisible",
+    "RestrictNamespaces": "yes",
     "RestrictSUIDSGID": "yes",
     "LockPersonality": "yes",
     "RestrictRealtime": "yes",
     "SystemCallArchitectures": "native",
+    "SystemCallFilter": "@system-service",
 }
 
 
@@ -90,7 +96,8 @@ def test_daemons_restart_on_failure_and_stop_gracefully(name: str) -> None:
     assert service["Restart"] == "on-failure"
     assert timespan_seconds(service["RestartSec"]) == 5
     assert service["KillSignal"] == "SIGTERM"
-    assert service["KillMode"] == "control-group"
+    # Only the supervisor gets SIGTERM; it applies the grace period to what its flows started.
+    assert service["KillMode"] == "mixed"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
 
 
@@ -98,7 +105,7 @@ def test_daemons_restart_on_failure_and_stop_gracefully(name: str) -> None:
 def test_stop_timeout_outlasts_the_workers_shutdown_grace(name: str) -> None:
     # systemd sends SIGKILL when TimeoutStopSec runs out: it must not cut the grace period short.
     stop_timeout = timespan_seconds(read_unit(name)["Service"]["TimeoutStopSec"])
-    assert stop_timeout > WorkerSettings().shutdown_grace
+    assert stop_timeout >= WorkerSettings().shutdown_grace + 15
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -182,3 +189,21 @@ def test_systemd_analyze_verify_would_report_a_broken_unit(tmp_path: Path) -> No
     worker.write_text(worker.read_text().replace("Restart=on-failure", "Restart=on-failure\nRestartSecs=5"))
     result = verify([worker])
     assert any("RestartSecs" in line for line in mentions(result.stdout + result.stderr, [worker]))
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize("name", SERVICES)
+def test_systemd_analyze_security_rates_the_services_ok_or_better(name: str, tmp_path: Path) -> None:
+    # A template is rated through an instance of it.
+    unit = tmp_path / name.replace("@.", "@default.")
+    shutil.copy(SYSTEMD / name, unit)
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+) (\w+)", result.stdout + result.stderr)
+    assert match, result.stdout + result.stderr
+    assert match.group(2) in ("OK", "SAFE", "PERFECT"), match.group(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import uuid
 from pathlib import Path
@@ -111,6 +112,17 @@ def test_flow_holds_config_params_and_log() -> None:
     assert flow.run() == {"config": {"c": 1}, "params": {"p": "2"}}
 
 
-def test_discard_is_an_exception() -> None:
-    with pytest.raises(dfjob.Discard, match="why"):
-        raise dfjob.Discard("why")
+def test_discard_is_refused_a_retry_by_the_runner_and_keeps_its_reason() -> None:
+    from dfjob import protocol
+    from dfjob.runner import run_attempt
+
+    job = protocol.Job(
+        job_id=1, run_id=1, data_flow_id=1, data_flow_name="d", class_path="sample_flows:DiscardIt",
+        configuration={}, params={}, attempt=1, max_attempts=5,
+    )  # fmt: skip
+    outcome = run_attempt(job, (), 1024)
+    assert (outcome["status"], outcome["retry"]) == ("failed", "never")
+    assert outcome["error_message"] == "Discard: bad input, do not retry"
+    # A plain exception keeps the normal retry rules.
+    failing = run_attempt(dataclasses.replace(job, class_path="sample_flows:Fail"), (), 1024)
+    assert (failing["status"], failing["retry"]) == ("failed", "normal")
