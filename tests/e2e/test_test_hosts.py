@@ -11,13 +11,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.e2e.conftest import DFJOB, Dfjob
+from tests.e2e.conftest import DFJOB, Dfjob, as_time
 from tests.support.hosts import Network, PrivatePostgres, alive
 from tests.support.pgbouncer import PgBouncer
 from tests.support.waiting import wait_for
@@ -262,6 +263,10 @@ def test_dfjob_runs_on_a_host_against_the_private_postgres(
     job_id = dfjob.trigger("hello")
     worker = dfjob.start("worker", host=second, env=faketime(30))
     wait_for(lambda: dfjob.job(job_id)["status"] == "succeeded", timeout=30, what="the job to succeed")
+    [run] = dfjob.runs_of(job_id)
+    started_at = as_time(run["started_at"])
+    assert started_at is not None
+    assert 20 < (started_at - datetime.now(UTC)).total_seconds() < 40  # stamped by the worker's skewed clock
     worker.signal_group(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0, worker.stderr()
     assert not alive(worker.pid)

@@ -526,6 +526,9 @@ class SqlProbe:
 
 # -- a private Postgres ------------------------------------------------------------------------------
 
+# What `pg_ctl stop -m MODE` sends the postmaster.
+STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+
 
 def _conf_value(value: str | int) -> str:
     """A value as postgresql.conf spells it."""
@@ -566,6 +569,7 @@ class PrivatePostgres:
         self.socket_dir = self.root / "socket"
         self.log_path = self.root / "postgres.log"
         self._paused: list[int] = []
+        self.process: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
         return f"PrivatePostgres({self.listen_addresses[0]}:{self.port}, {self.root})"
@@ -608,19 +612,47 @@ class PrivatePostgres:
         (self.data_dir / "pg_hba.conf").write_text("\n".join(hba) + "\n", encoding="utf-8")
 
     def start(self) -> None:
-        """Start the server and wait until it accepts connections."""
+        """Start the postmaster (our own child, in a session of its own: nothing outlives us
+        unreaped) and wait until it accepts connections."""
+        assert self.postmaster_pid() is None, "already running"
         self.init()
-        try:
-            self._run("pg_ctl", "start", "-w", "-t", "60", "-s", "-D", str(self.data_dir), "-l", str(self.log_path))
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}\n--- server log ---\n{self.log()}") from None
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self._argv("postgres", "-D", str(self.data_dir)),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=self.root,
+                env=server_user_env(self.root),
+                start_new_session=True,
+            )
+
+        def ready() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"postgres exited {self.process.returncode}:\n{self.log()}")
+            try:  # line 8 of postmaster.pid is the server's status, "ready" once it accepts connections
+                lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+            except FileNotFoundError:
+                return False
+            return len(lines) >= 8 and lines[7].strip() == "ready"
+
+        wait_for(ready, timeout=60, interval=0.02, what=f"{self} to accept connections")
 
     def stop(self, mode: Literal["smart", "fast", "immediate"] = "fast") -> None:
-        """Stop the server (a paused one is resumed first); no-op when it is not running."""
-        if self.postmaster_pid() is None:
+        """Stop the server (a paused one is resumed first) and wait for it; no-op when it is down."""
+        if self.process is None:
             return
         self.resume()
-        self._run("pg_ctl", "stop", "-w", "-t", "60", "-s", "-m", mode, "-D", str(self.data_dir))
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(STOP_SIGNALS[mode])
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            kill_process(self.process)
+            raise RuntimeError(f"{self} did not stop within 60 s ({mode}); killed it") from None
+        finally:
+            self.process = None
 
     def restart(self, mode: Literal["smart", "fast", "immediate"] = "fast") -> None:
         self.stop(mode)
@@ -628,12 +660,9 @@ class PrivatePostgres:
 
     def postmaster_pid(self) -> int | None:
         """The running postmaster's pid, None when the server is down."""
-        try:
-            first = (self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
-        except (FileNotFoundError, PermissionError):
+        if self.process is None or self.process.poll() is not None:
             return None
-        pid = int(first) if first.strip().isdigit() else None
-        return pid if pid is not None and alive(pid) else None
+        return self.process.pid
 
     @property
     def running(self) -> bool:
@@ -660,7 +689,7 @@ class PrivatePostgres:
                     os.kill(pid, signal.SIGSTOP)
             self._paused += new
         wait_for(
-            lambda: all(process_state(pid) in ("T", "t", None) for pid in self._paused),
+            lambda: all(process_state(pid) in ("T", "t", "Z", "X", None) for pid in self._paused),
             timeout=10,
             what="the Postgres processes to stop",
         )
@@ -677,17 +706,19 @@ class PrivatePostgres:
         return bool(self._paused)
 
     def cleanup(self) -> None:
-        """Stop it whatever its state (immediate; SIGKILL if that fails) and delete its folder."""
-        with contextlib.suppress(Exception):
-            self.resume()
+        """Stop it whatever its state (immediate; SIGKILL to its whole group if that fails) and
+        delete its folder. Safe to call twice."""
+        process = self.process
         leftover = self.pids()
-        with contextlib.suppress(Exception):  # then SIGKILL, below
+        try:
             self.stop("immediate")
-        for pid in leftover + self.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not any(alive(pid) for pid in leftover), timeout=20, what="Postgres processes gone")
-        shutil.rmtree(self.root, ignore_errors=True)
+        except RuntimeError:
+            pass  # killed already
+        finally:
+            if process is not None:
+                kill_process(process)  # the group: any child the postmaster left behind
+            wait_for(lambda: not any(alive(pid) for pid in leftover), timeout=20, what="Postgres processes gone")
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> PrivatePostgres:
         self.start()
