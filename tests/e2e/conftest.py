@@ -9,6 +9,17 @@
 - `Dfjob.db` reads the database directly (sqlite3 or psycopg), for cheap polling in `wait_for`.
 - Besides `tests/support`, `flows.paths` holds a folder with `e2e_flows`, flows these tests need
   that the shared sample flows do not have.
+
+Separate hosts (tests/support/hosts.py, pgbouncer.py, faketime.py; they need root, `ip netns`,
+nftables, PgBouncer and libfaketime, and skip without them, or fail when DFJOB_REQUIRE_NETNS=1):
+- `private_postgres`: a Postgres of the test's own on 127.0.0.1, to stop, restart or pause (hang).
+- `make_network(hosts=2, postgres=True)` / `network`: hosts as network namespaces on one bridge,
+  a private Postgres in a namespace of its own; per host link_down/link_up and blackhole/restore.
+- `make_pgbouncer(server_host, server_port, …)`: a real PgBouncer (transaction pooling).
+- `faketime(offset)`: an environment whose processes see the wall clock shifted by `offset` s.
+- `make_dfjob(network.url(db), read_url=network.postgres.local_url(db), host=network.hosts[0])`:
+  its commands run on that host and `Dfjob.db` reads through the Unix socket;
+  `Dfjob.start(…, host=h, env=faketime(30))` / `Dfjob.run(…, host=h, env=…)` pick another host, a skewed clock.
 """
 
 from __future__ import annotations
@@ -20,15 +31,18 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 from dfjob.models import from_db_time
+from tests.support.faketime import faketime_env
+from tests.support.hosts import Host, Network, PrivatePostgres, Unavailable
+from tests.support.pgbouncer import PgBouncer
 from tests.support.waiting import wait_for
 
 DFJOB = Path(sys.executable).parent / "dfjob"
@@ -109,21 +123,27 @@ def write_config(directory: Path, database_url: str, **sections: dict[str, Any])
     return path
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Our environment plus `extra`, without the variables that would override the config file."""
     env = dict(os.environ)
+    env.update(extra or {})
     for name in ("DFJOB_CONFIG", "DFJOB_DATABASE_URL"):
         env.pop(name, None)
     return env
 
 
-def run_dfjob(config: Path, *args: str, timeout: float = 120) -> tuple[int, str, str]:
-    """Run `dfjob --config CONFIG ARGS…` to the end; returns (exit code, stdout, stderr)."""
+def run_dfjob(
+    config: Path, *args: str, timeout: float = 120, host: Host | None = None, env: Mapping[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run `dfjob --config CONFIG ARGS…` to the end (on `host`, with `env` added, when given);
+    returns (exit code, stdout, stderr)."""
+    argv = [str(DFJOB), "--config", str(config), *args]
     done = subprocess.run(
-        [str(DFJOB), "--config", str(config), *args],
+        host.argv(argv) if host is not None else argv,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_child_env(),
+        env=_child_env(env),
         cwd=config.parent,
         stdin=subprocess.DEVNULL,
     )
@@ -269,6 +289,8 @@ class Dfjob:
     config: Path
     url: str
     daemons: list[Daemon] = field(default_factory=list)
+    read_url: str | None = None  # where `db` reads, when the test process cannot use `url` (hosts)
+    host: Host | None = None  # where commands and daemons run unless told otherwise (None: right here)
 
     @property
     def directory(self) -> Path:
@@ -276,10 +298,12 @@ class Dfjob:
 
     @property
     def db(self) -> Database:
-        return Database(self.url)
+        return Database(self.read_url or self.url)
 
-    def run(self, *args: str, timeout: float = 120) -> tuple[int, str, str]:
-        return run_dfjob(self.config, *args, timeout=timeout)
+    def run(
+        self, *args: str, timeout: float = 120, host: Host | None = None, env: Mapping[str, str] | None = None
+    ) -> tuple[int, str, str]:
+        return run_dfjob(self.config, *args, timeout=timeout, host=host or self.host, env=env)
 
     def json(self, *args: str) -> Any:
         """Run a command with `--json`; it must exit 0 and print one JSON document."""
@@ -293,19 +317,24 @@ class Dfjob:
         assert code == 0, f"dfjob {' '.join(args)} exited {code}: {err}"
         return err
 
-    def start(self, *args: str, name: str = "daemon") -> Daemon:
-        """Start `dfjob --config … ARGS…` in a new session; it is killed at teardown."""
+    def start(
+        self, *args: str, name: str = "daemon", host: Host | None = None, env: Mapping[str, str] | None = None
+    ) -> Daemon:
+        """Start `dfjob --config … ARGS…` in a new session (on `host`, with `env` added, when
+        given); it is killed at teardown."""
         stderr_path = self.directory / f"{name}-{len(self.daemons)}.stderr"
+        argv = [str(DFJOB), "--config", str(self.config), *args]
         with open(stderr_path, "wb") as stderr:
-            process = subprocess.Popen(
-                [str(DFJOB), "--config", str(self.config), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env=_child_env(),
-                cwd=self.directory,
-                start_new_session=True,
-            )
+            options: dict[str, Any] = {
+                "stdin": subprocess.DEVNULL,
+                "stdout": subprocess.DEVNULL,
+                "stderr": stderr,
+                "env": _child_env(env),
+                "cwd": self.directory,
+                "start_new_session": True,
+            }
+            host = host or self.host
+            process = host.run(argv, **options) if host is not None else subprocess.Popen(argv, **options)
         daemon = Daemon(process, stderr_path)
         self.daemons.append(daemon)
         return daemon
@@ -335,13 +364,18 @@ class Dfjob:
 
 @pytest.fixture
 def make_dfjob(tmp_path: Path) -> Iterator[Callable[..., Dfjob]]:
-    """`make_dfjob(url, name=…, worker={…}, retry={…})`: a config in its own folder, daemons killed at the end."""
+    """`make_dfjob(url, name=…, read_url=…, host=…, worker={…}, retry={…})`: a config in its own
+    folder, daemons killed at the end. On a network: `host` is where its commands and daemons run
+    by default, and `read_url` where `Dfjob.db` reads, since the test process cannot reach `url`
+    (`network.postgres.local_url(db)`)."""
     daemons: list[Daemon] = []
 
-    def make(url: str, name: str = "dfjob", **sections: dict[str, Any]) -> Dfjob:
+    def make(
+        url: str, name: str = "dfjob", read_url: str | None = None, host: Host | None = None, **sections: dict[str, Any]
+    ) -> Dfjob:
         directory = tmp_path / name
         directory.mkdir(parents=True, exist_ok=True)
-        return Dfjob(write_config(directory, url, **sections), url, daemons)
+        return Dfjob(write_config(directory, url, **sections), url, daemons, read_url, host)
 
     yield make
     for daemon in daemons:
@@ -352,3 +386,96 @@ def make_dfjob(tmp_path: Path) -> Iterator[Callable[..., Dfjob]]:
 def dfjob(make_dfjob: Callable[..., Dfjob], database_url: str) -> Dfjob:
     """The default set-up on the test's backend."""
     return make_dfjob(database_url)
+
+
+# -- separate hosts, a private Postgres, PgBouncer, skewed clocks -----------------------------------
+
+# CI sets it: there a missing piece (root, `ip netns`, nftables, PgBouncer, libfaketime) is a failure.
+REQUIRE_NETNS = os.environ.get("DFJOB_REQUIRE_NETNS") == "1"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test, or fail it when DFJOB_REQUIRE_NETNS=1."""
+    if REQUIRE_NETNS:
+        pytest.fail(f"DFJOB_REQUIRE_NETNS=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A running Postgres 15 of the test's own on 127.0.0.1 (a free port): stop, restart, pause it at
+    will. Stopped and removed at teardown, whatever happened."""
+    try:
+        postgres = PrivatePostgres()
+    except Unavailable as exc:
+        unavailable(str(exc))
+    try:
+        postgres.start()
+        yield postgres
+    finally:
+        postgres.cleanup()
+
+
+@pytest.fixture
+def make_network() -> Iterator[Callable[..., Network]]:
+    """`make_network(hosts=2, postgres=True)`: a Network (see tests/support/hosts.py) with that many
+    hosts and, unless postgres=False, a private Postgres on `network.db_address`:5432. Every process,
+    namespace, veth and bridge is gone after the test, whatever happened."""
+    networks: list[Network] = []
+
+    def make(hosts: int = 2, postgres: bool = True) -> Network:
+        network = Network()
+        networks.append(network)
+        try:
+            network.create(hosts=hosts)
+        except Unavailable as exc:
+            unavailable(str(exc))
+        if postgres:
+            network.start_postgres()
+        return network
+
+    yield make
+    errors = []
+    for network in reversed(networks):
+        try:
+            network.cleanup()
+        except RuntimeError as exc:
+            errors.append(str(exc))
+    assert not errors, errors
+
+
+@pytest.fixture
+def network(make_network: Callable[..., Network]) -> Network:
+    """Two hosts (`network.hosts`) and a private Postgres they reach at `network.url(db)`."""
+    return make_network()
+
+
+@pytest.fixture
+def make_pgbouncer() -> Iterator[Callable[..., PgBouncer]]:
+    """`make_pgbouncer(server_host, server_port, namespace=None, listen_addr="127.0.0.1", port=None,
+    pool_mode="transaction", pool_size=20, settings=None)`: a running PgBouncer; stopped at teardown.
+    In a network: `make_pgbouncer(network.db_address, 5432, namespace=network.db, listen_addr=network.db_address)`."""
+    bouncers: list[PgBouncer] = []
+
+    def make(server_host: str, server_port: int, **kwargs: Any) -> PgBouncer:
+        try:
+            bouncer = PgBouncer(server_host, server_port, **kwargs)
+        except Unavailable as exc:
+            unavailable(str(exc))
+        bouncers.append(bouncer)
+        return bouncer.start()
+
+    yield make
+    for bouncer in bouncers:
+        bouncer.cleanup()
+
+
+@pytest.fixture
+def faketime() -> Callable[..., dict[str, str]]:
+    """`faketime(offset_seconds, base=None)`: an environment whose processes see the wall clock
+    shifted by the offset, the monotonic clock real (see tests/support/faketime.py)."""
+    try:
+        faketime_env(0)
+    except Unavailable as exc:
+        unavailable(str(exc))
+    return faketime_env
