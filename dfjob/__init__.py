@@ -10,14 +10,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from dfjob.client import Client
     from dfjob.errors import DfjobError
     from dfjob.flow import Discard, Flow
 
 __version__ = "0.2.0.dev0"
 
-_LAZY = {"Flow": "dfjob.flow", "Discard": "dfjob.flow", "DfjobError": "dfjob.errors"}
+_LAZY = {"Flow": "dfjob.flow", "Discard": "dfjob.flow", "DfjobError": "dfjob.errors", "Client": "dfjob.client"}
 
-__all__ = ["DfjobError", "Discard", "Flow", "__version__"]
+__all__ = ["Client", "DfjobError", "Discard", "Flow", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -11,13 +11,14 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 import click
 import peewee
 
-from dfjob import __version__, clock, dbclock, events, history, migrations, overview, registry, signals
+from dfjob import __version__, clock, dbclock, events, flowfile, history, migrations, overview, registry, signals
+from dfjob.backfill import backfill
 from dfjob.config import LOG_LEVELS, Settings, check_queue_name, is_id, load_settings, resolve_path
 from dfjob.db import (
     DEFAULT_NETWORK_TIMEOUT,
@@ -40,7 +41,8 @@ from dfjob.signals import on_stop
 from dfjob.store import check_finished_statuses, store
 from dfjob.store.rows import FINISHED
 from dfjob.text import printable
-from dfjob.trigger import parse_params, parse_run_at, retry_job, trigger_run
+from dfjob.trigger import check_key, parse_iso_option, parse_params, parse_run_at, retry_job
+from dfjob.trigger import request as request_trigger
 
 _debug = False
 # Commands that run until stopped: SIGTERM/SIGINT stop them cleanly (see `signals`).
@@ -252,9 +254,14 @@ def _flow_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--priority", type=int, help="Lower runs first (default 0)."),
         click.option("--every", metavar="DUR", help="Run every DUR (90s, 5m, 2h, 1d)."),
         click.option("--cron", metavar="EXPR", help="Run on a five-field cron expression (UTC)."),
+        click.option("--tz", metavar="ZONE", help="IANA time zone of --cron (default UTC), e.g. Europe/Berlin."),
         click.option("--config-json", metavar="JSON", help="The flow's configuration, a JSON object."),
         click.option("--max-attempts", type=int, help="Attempts per job (default: retry.max_attempts)."),
         click.option("--timeout", metavar="DUR", help="Stop a run that takes longer than DUR."),
+        click.option("--max-running", type=int, help="Attempts of it running at once, on any host (default 1)."),
+        click.option("--after", multiple=True, metavar="NAME", help="Run after this flow succeeds (repeatable)."),
+        click.option("--catch-up", type=click.Choice(["skip", "all"]), help="After downtime: latest slot, or all."),
+        click.option("--late-after", metavar="DUR", help="Alert (flow.late) when no run succeeded for DUR."),
         click.option("--disabled", is_flag=True, help="Switch its schedule off."),
         json_option,
     ]
@@ -272,9 +279,14 @@ def _spec(name: str | None, class_path: str | None, options: dict[str, Any], **e
         priority=options.get("priority"),
         every=options.get("every"),
         cron=options.get("cron"),
+        tz=options.get("tz"),
         configuration=parse_config_json(config_json) if config_json is not None else None,
         max_attempts=options.get("max_attempts"),
         timeout=options.get("timeout"),
+        max_running=options.get("max_running"),
+        after=tuple(options["after"]) if options.get("after") else None,
+        catch_up=options.get("catch_up"),
+        late_after=options.get("late_after"),
         **extra,
     )
 
@@ -287,9 +299,10 @@ def flows_add(name: str, class_path: str, as_json: bool, disabled: bool, **optio
     """Register a data flow; its class is imported and checked now."""
     settings = _app().settings
     # Everything that needs no database is checked before it is opened (or created).
-    flow = registry.new_flow(settings, _spec(name, class_path, options, enabled=not disabled))
+    spec = _spec(name, class_path, options, enabled=not disabled)
+    flow = registry.new_flow(settings, spec)
     _app().open()
-    flow = registry.save_new_flow(flow)
+    registry.save([(flow, spec.after)])
     data = flow_to_dict(flow, settings.retry.max_attempts)
     _emit(as_json, data, lambda: f"Added data flow {data['id']} ({data['name']})")
 
@@ -299,21 +312,26 @@ def flows_add(name: str, class_path: str, as_json: bool, disabled: bool, **optio
 @click.option("--name", help="Rename it.")
 @click.option("--class", "class_path", metavar="PATH", help="package.module:ClassName")
 @click.option("--no-schedule", is_flag=True, help="Remove its schedule.")
+@click.option("--no-timeout", is_flag=True, help="Remove its timeout.")
+@click.option("--no-max-attempts", is_flag=True, help="Use retry.max_attempts again.")
+@click.option("--no-after", is_flag=True, help="Run after no other flow.")
+@click.option("--no-late-after", is_flag=True, help="Never alert that it is late.")
 @click.option("--enabled", is_flag=True, help="Switch its schedule on.")
 @_flow_options
 def flows_set(
-    ref: str, name: str | None, class_path: str | None, no_schedule: bool, enabled: bool, disabled: bool,
-    as_json: bool, **options: Any,
+    ref: str, name: str | None, class_path: str | None, no_schedule: bool, no_timeout: bool, no_max_attempts: bool,
+    no_after: bool, no_late_after: bool, enabled: bool, disabled: bool, as_json: bool, **options: Any,
 ) -> None:  # fmt: skip
     """Change a data flow."""
-    settings = _app().open()
     if enabled and disabled:
         raise DfjobError("give --enabled or --disabled, not both")
-    flow = get_flow(ref)
     state = True if enabled else False if disabled else None
-    flow = registry.update_flow(
-        settings, flow, _spec(name, class_path, options, no_schedule=no_schedule, enabled=state)
-    )
+    spec = _spec(
+        name, class_path, options, no_schedule=no_schedule, no_timeout=no_timeout, no_max_attempts=no_max_attempts,
+        no_after=no_after, no_late_after=no_late_after, enabled=state,
+    )  # fmt: skip
+    settings = _app().open()
+    flow = registry.update_flow(settings, get_flow(ref), spec)
     data = flow_to_dict(flow, settings.retry.max_attempts)
     _emit(as_json, data, lambda: _describe_flow(data))
 
@@ -323,7 +341,7 @@ def flows_set(
 def flows_list(as_json: bool) -> None:
     """All data flows."""
     settings = _app().open(writes=False)
-    rows = [flow_to_dict(flow, settings.retry.max_attempts) for flow in registry.all_flows()]
+    rows = registry.flows_to_dicts(registry.all_flows(), settings.retry.max_attempts)
     columns = ["id", "name", "queue", "priority", "enabled", "schedule", "last_run_status", "next_run_at", "class_path"]
     _emit(as_json, rows, lambda: _table(rows, columns))
 
@@ -378,7 +396,7 @@ def flows_remove(ref: str, as_json: bool) -> None:
 def flows_import(file: str, as_json: bool) -> None:
     """Create or update data flows by name from a TOML file of [[flow]] tables (all or nothing)."""
     settings = _app().open()
-    created, updated = registry.import_flows(settings, file)
+    created, updated = flowfile.import_flows(settings, file)
     data = {"created": created, "updated": updated}
     _emit(as_json, data, lambda: f"Imported {created + updated} data flows ({created} created, {updated} updated)")
 
@@ -388,7 +406,7 @@ def flows_import(file: str, as_json: bool) -> None:
 def flows_export(as_json: bool) -> None:
     """Print all data flows in the `flows import` format."""
     _app().open(writes=False)
-    text = registry.export_flows()
+    text = flowfile.export_flows()
     if as_json:
         import tomllib
 
@@ -407,17 +425,21 @@ def flows_export(as_json: bool) -> None:
 @click.option("--param", "param_pairs", multiple=True, metavar="K=V", help="A parameter (string value).")
 @click.option("--params-json", metavar="JSON", help="Parameters as a JSON object.")
 @click.option("--run-at", metavar="ISO8601", help="Run no earlier than this (UTC unless a zone is given).")
+@click.option("--key", metavar="K", help="Job key: an active job of the flow with this key is this request.")
 @json_option
 def trigger(
     ref: str, queue_name: str | None, priority: int | None, param_pairs: tuple[str, ...],
-    params_json: str | None, run_at: str | None, as_json: bool,
+    params_json: str | None, run_at: str | None, key: str | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Enqueue a job for a data flow now (returns at once)."""
     params = parse_params(param_pairs, params_json)
     when = parse_run_at(run_at) if run_at is not None else None
+    if key is not None:
+        check_key(key)
     settings = _app().open()
-    flow = get_flow(ref)
-    result = trigger_run(settings, flow, queue_name=queue_name, priority=priority, params=params, run_at=when)
+    result, flow = request_trigger(
+        settings, ref, params=params, queue_name=queue_name, priority=priority, run_at=when, key=key
+    )
     data = {
         "job_id": result.job_id,
         "data_flow_id": result.data_flow_id,
@@ -428,6 +450,27 @@ def trigger(
         message = f"Data flow {flow.name} already has active job {result.job_id} (queue {result.queue})"
     else:
         message = f"Enqueued job {result.job_id} for data flow {flow.name} on queue {result.queue}"
+    _emit(as_json, data, lambda: message)
+
+
+@cli.command("backfill")
+@click.argument("ref", metavar="ID|NAME")
+@click.option("--from", "start", required=True, metavar="ISO8601", help="First slot (UTC unless a zone is given).")
+@click.option("--to", "end", required=True, metavar="ISO8601", help="End of the range (not included).")
+@click.option("--every", metavar="DUR", help="Slots every DUR from --from, instead of the flow's schedule.")
+@click.option("--cron", metavar="EXPR", help="Slots of this cron expression, instead of the flow's schedule.")
+@click.option("--parallel", type=int, default=1, show_default=True, help="Jobs of this backfill running at once.")
+@json_option
+def backfill_command(
+    ref: str, start: str, end: str, every: str | None, cron: str | None, parallel: int, as_json: bool
+) -> None:
+    """Enqueue one job per slot in [--from, --to), oldest first, each with its scheduled_for."""
+    begin, until = parse_iso_option(start, "--from"), parse_iso_option(end, "--to")
+    settings = _app().open()
+    flow = get_flow(ref)
+    done = backfill(settings, flow, begin, until, every=every, cron=cron, parallel=parallel)
+    data = {"slots": done.slots, "enqueued": done.enqueued, "deduplicated": done.deduplicated}
+    message = f"{done.slots} slots: {done.enqueued} enqueued, {done.deduplicated} already there"
     _emit(as_json, data, lambda: message)
 
 
@@ -503,39 +546,50 @@ def _flow_id(ref: str | None) -> int | None:
     return None if ref is None else int(get_flow(ref).id)
 
 
+def _since(duration: str | None) -> datetime | None:
+    return None if duration is None else clock.now() - timedelta(seconds=parse_duration(duration))
+
+
 @cli.command()
 @click.option("--flow", "flow_ref", metavar="ID|NAME", help="Only this data flow's runs.")
-@click.option("--status", help="pending, in_progress, success or failed.")
+@click.option("--status", "status", multiple=True, help="pending, in_progress, success or failed (repeatable).")
+@click.option("--since", metavar="DUR", help="Only runs created in the last DUR (90s, 5m, 2h, 1d, 1w).")
 @click.option("--limit", type=int, default=50, show_default=True)
 @json_option
-def runs(flow_ref: str | None, status: str | None, limit: int, as_json: bool) -> None:
+def runs(flow_ref: str | None, status: tuple[str, ...], since: str | None, limit: int, as_json: bool) -> None:
     """Run history, newest first."""
-    history.check_query(status, limit, history.RUN_STATUSES)
+    history.statuses(status, history.RUN_STATUSES, "run")
+    history.check_limit(limit)
+    after = _since(since)
     _app().open(writes=False)
-    rows = history.list_runs(_flow_id(flow_ref), status, limit)
+    rows = history.list_runs(_flow_id(flow_ref), status, limit, since=after)
     columns = ["id", "data_flow_name", "job_id", "attempt", "status", "started_at", "duration_ms", "error_message"]
     _emit(as_json, rows, lambda: _table(rows, columns))
 
 
 @cli.group(invoke_without_command=True)
 @click.option("--queue", "queue_name", help="Only this queue.")
-@click.option("--status", help="queued, running, succeeded, failed or cancelled.")
+@click.option("--status", "status", multiple=True, help="queued, running, succeeded, failed or cancelled (repeatable).")
 @click.option("--flow", "flow_ref", metavar="ID|NAME", help="Only this data flow's jobs.")
+@click.option("--since", metavar="DUR", help="Only jobs created in the last DUR (90s, 5m, 2h, 1d, 1w).")
 @click.option("--limit", type=int, default=50, show_default=True)
 @json_option
 @click.pass_context
 def jobs(
-    ctx: click.Context, queue_name: str | None, status: str | None, flow_ref: str | None, limit: int, as_json: bool
-) -> None:
-    """The job table, newest first; `jobs cancel ID`, `jobs retry ID`."""
+    ctx: click.Context, queue_name: str | None, status: tuple[str, ...], flow_ref: str | None, since: str | None,
+    limit: int, as_json: bool,
+) -> None:  # fmt: skip
+    """The job table, newest first; `jobs show ID`, `jobs cancel ID`, `jobs retry ID`."""
     if ctx.invoked_subcommand is not None:
         ctx.meta["dfjob.json"] = as_json  # `dfjob jobs --json cancel 5` prints JSON too
         return
     if queue_name is not None:
         check_queue_name(queue_name, ())
-    history.check_query(status, limit, history.JOB_STATUSES)
+    history.statuses(status, history.JOB_STATUSES, "job")
+    history.check_limit(limit)
+    after = _since(since)
     _app().open(writes=False)
-    rows = history.list_jobs(queue_name, status, _flow_id(flow_ref), limit)
+    rows = history.list_jobs(queue_name, status, _flow_id(flow_ref), limit, since=after)
     columns = [
         "id",
         "data_flow_name",

@@ -37,6 +37,8 @@ DEFAULT_NETWORK_TIMEOUT = 30.0
 _password: str | None = None
 # Postgres: the schema dfjob's tables live in (`database.schema`); None on SQLite.
 _schema: str | None = None
+# What the proxy is bound to: (url, base_dir, schema).
+_bound: tuple[str, str, str] | None = None
 
 
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
@@ -169,6 +171,11 @@ def advisory_key(purpose: str, schema: str | None = None) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def is_connected_to(url: str, base_dir: str, schema: str = DEFAULT_SCHEMA) -> bool:
+    """The proxy is bound to this database already (a Client in a process that opened it)."""
+    return database_proxy.obj is not None and _bound == (url, base_dir, schema)
+
+
 def connect(
     url: str,
     base_dir: str,
@@ -177,8 +184,9 @@ def connect(
     prepared_statements: bool = True,
 ) -> peewee.Database:
     """Bind the proxy to the URL's database and open a connection, or fail with one clear line."""
-    global _schema
+    global _schema, _bound
     database = make_database(url, base_dir, network_timeout, prepared_statements)
+    _bound = (url, base_dir, schema)
     if isinstance(database, peewee.SqliteDatabase):
         _create_private(str(database.database))
     _schema = schema if isinstance(database, peewee.PostgresqlDatabase) else None

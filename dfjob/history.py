@@ -1,70 +1,124 @@
-"""Reading the run history and the job table, newest first, as the contract's JSON objects."""
+"""Reading the run history and the job table, newest first, as the contract's JSON objects.
+
+Filters: any number of statuses (`success` and `succeeded` mean the same on runs and jobs alike),
+a flow, a queue, and `since` (only what was created after it). Lists page by id (`before_id`),
+so a page costs the same with a million rows behind it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from dfjob import clock
 from dfjob.errors import DfjobError
 from dfjob.models import DataFlow, DataFlowRun, Job
+from dfjob.store.rows import JobStatus, RunStatus
 
-RUN_STATUSES = ("pending", "in_progress", "success", "failed")
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-
-
-def _check_status(status: str | None, allowed: tuple[str, ...], what: str) -> None:
-    if status is not None and status not in allowed:
-        raise DfjobError(f"invalid {what} status {status!r} (one of {', '.join(allowed)})")
+RUN_STATUSES = tuple(RunStatus)
+JOB_STATUSES = tuple(JobStatus)
+# The words people use for the same outcome, on either list.
+_SYNONYMS = {"success": ("success", "succeeded"), "succeeded": ("success", "succeeded")}
 
 
-def _check_limit(limit: int) -> None:
+def statuses(given: Sequence[str] | None, allowed: Sequence[str], what: str) -> list[str] | None:
+    """The statuses a filter stands for on this list, or DfjobError for an unknown one."""
+    if not given:
+        return None
+    found: list[str] = []
+    for status in given:
+        options = [option for option in _SYNONYMS.get(status, (status,)) if option in allowed]
+        if not options:
+            raise DfjobError(f"invalid {what} status {status!r} (one of {', '.join(allowed)})")
+        found += options
+    return sorted(set(found))
+
+
+def check_limit(limit: int) -> None:
     if limit < 1:
         raise DfjobError(f"--limit must be at least 1, not {limit}")
 
 
-def check_query(status: str | None, limit: int, statuses: tuple[str, ...]) -> None:
-    """Refuse a `--status` or `--limit` that cannot select anything, before any database work."""
-    _check_status(status, statuses, "run" if statuses is RUN_STATUSES else "job")
-    _check_limit(limit)
-
-
-def list_runs(flow_id: int | None = None, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+def list_runs(
+    flow_id: int | None = None,
+    status: Sequence[str] | None = None,
+    limit: int = 50,
+    since: datetime | None = None,
+    before_id: int | None = None,
+    job_id: int | None = None,
+) -> list[dict[str, Any]]:
     """Runs, newest first (highest id first)."""
-    _check_status(status, RUN_STATUSES, "run")
-    _check_limit(limit)
-    query = DataFlowRun.select(DataFlowRun, DataFlow.id, DataFlow.name).join(DataFlow)
+    wanted = statuses(status, RUN_STATUSES, "run")
+    check_limit(limit)
+    query = _runs()
     if flow_id is not None:
         query = query.where(DataFlowRun.data_flow == flow_id)
-    if status is not None:
-        query = query.where(DataFlowRun.status == status)
+    if job_id is not None:
+        query = query.where(DataFlowRun.job == job_id)
+    if wanted is not None:
+        query = query.where(DataFlowRun.status.in_(wanted))
+    if since is not None:
+        query = query.where(DataFlowRun.created_at >= since)
+    if before_id is not None:
+        query = query.where(DataFlowRun.id < before_id)
     return [run_to_dict(run) for run in query.order_by(DataFlowRun.id.desc()).limit(limit)]
 
 
 def list_jobs(
-    queue: str | None = None, status: str | None = None, flow_id: int | None = None, limit: int = 50
+    queue: str | None = None,
+    status: Sequence[str] | None = None,
+    flow_id: int | None = None,
+    limit: int = 50,
+    since: datetime | None = None,
+    before_id: int | None = None,
 ) -> list[dict[str, Any]]:
     """Jobs, newest first (highest id first)."""
-    _check_status(status, JOB_STATUSES, "job")
-    _check_limit(limit)
+    wanted = statuses(status, JOB_STATUSES, "job")
+    check_limit(limit)
     query = Job.select(Job, DataFlow.id, DataFlow.name).join(DataFlow)
     if queue is not None:
         query = query.where(Job.queue == queue)
-    if status is not None:
-        query = query.where(Job.status == status)
+    if wanted is not None:
+        query = query.where(Job.status.in_(wanted))
     if flow_id is not None:
         query = query.where(Job.data_flow == flow_id)
+    if since is not None:
+        query = query.where(Job.created_at >= since)
+    if before_id is not None:
+        query = query.where(Job.id < before_id)
     return [job_to_dict(job) for job in query.order_by(Job.id.desc()).limit(limit)]
 
 
-def get_job(job_id: int) -> dict[str, Any]:
+def get_job(job_id: int, with_runs: bool = False) -> dict[str, Any]:
+    """One job; `with_runs`: with every attempt's run (`jobs show`)."""
     job = Job.select(Job, DataFlow.id, DataFlow.name).join(DataFlow).where(Job.id == job_id).first()
     if job is None:
         raise DfjobError(f"no job with id {job_id}")
-    return job_to_dict(job)
+    data = job_to_dict(job)
+    if with_runs:
+        data["runs"] = list(reversed(list_runs(job_id=job_id, limit=100_000)))
+    return data
+
+
+def get_run(run_id: int) -> dict[str, Any]:
+    """One run (`runs show`)."""
+    run = _runs().where(DataFlowRun.id == run_id).first()
+    if run is None:
+        raise DfjobError(f"no run with id {run_id}")
+    return run_to_dict(run)
+
+
+def _runs() -> Any:
+    """Runs with their flow's name and their job's slot and origin."""
+    # The joined models' ids too: peewee reads `run.job_id` and `run.data_flow_id` from them.
+    query = DataFlowRun.select(DataFlowRun, DataFlow.id, DataFlow.name, Job.id, Job.scheduled_for, Job.triggered_by)
+    query = query.join(DataFlow, on=DataFlowRun.data_flow == DataFlow.id).switch(DataFlowRun)
+    return query.join(Job, on=DataFlowRun.job == Job.id)
 
 
 def run_to_dict(run: DataFlowRun) -> dict[str, Any]:
-    """The contract's run object."""
+    """The run object."""
     return {
         "id": run.id,
         "data_flow_id": run.data_flow_id,
@@ -81,11 +135,13 @@ def run_to_dict(run: DataFlowRun) -> dict[str, Any]:
         "error_backtrace": run.error_backtrace,
         "result": run.result,
         "worker": run.worker,
+        "scheduled_for": clock.iso(run.job.scheduled_for),
+        "triggered_by": run.job.triggered_by,
     }
 
 
 def job_to_dict(job: Job) -> dict[str, Any]:
-    """The contract's job object."""
+    """The job object."""
     return {
         "id": job.id,
         "data_flow_id": job.data_flow_id,
@@ -103,4 +159,8 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "lease_expires_at": clock.iso(job.lease_expires_at),
         "created_at": clock.iso(job.created_at),
         "finished_at": clock.iso(job.finished_at),
+        "key": job.key,
+        "scheduled_for": clock.iso(job.scheduled_for),
+        "triggered_by": job.triggered_by,
+        "upstream_job_id": job.upstream_job_id,
     }

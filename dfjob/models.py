@@ -92,6 +92,12 @@ class DataFlow(BaseModel):
     next_run_at = UTCDateTimeField(null=True)
     created_at = UTCDateTimeField()
     updated_at = UTCDateTimeField()
+    max_running = peewee.IntegerField(default=1, constraints=[peewee.SQL("DEFAULT 1")])
+    tz = peewee.CharField(max_length=64, null=True)
+    catch_up = peewee.CharField(max_length=8, default="skip", constraints=[peewee.SQL("DEFAULT 'skip'")])
+    late_after_seconds = peewee.IntegerField(null=True)
+    # The latest slot the schedule enqueued: catch-up resumes after it.
+    last_scheduled_for = UTCDateTimeField(null=True)
 
     class Meta:
         table_name = "data_flows"
@@ -115,6 +121,11 @@ class Job(BaseModel):
     lease_expires_at = UTCDateTimeField(null=True)
     created_at = UTCDateTimeField()
     finished_at = UTCDateTimeField(null=True)
+    key = peewee.TextField(default="", constraints=[peewee.SQL("DEFAULT ''")])
+    scheduled_for = UTCDateTimeField(null=True)
+    triggered_by = peewee.CharField(max_length=16, default="trigger", constraints=[peewee.SQL("DEFAULT 'trigger'")])
+    upstream_job_id = peewee.BigIntegerField(null=True)
+    run_limit_id = peewee.BigIntegerField(null=True)
 
     class Meta:
         table_name = "jobs"
@@ -140,6 +151,35 @@ class DataFlowRun(BaseModel):
 
     class Meta:
         table_name = "data_flow_runs"
+
+
+class RunLimit(BaseModel):
+    """How many attempts of a flow's jobs (kind `flow`) or of one backfill's (kind `backfill`)
+    may run at once; a claim locks the rows of the limits it counts toward."""
+
+    id = IdField()
+    data_flow = peewee.ForeignKeyField(DataFlow, on_delete="CASCADE", index=False)
+    data_flow_id: int
+    kind = peewee.CharField(max_length=16)
+    max_running = peewee.IntegerField()
+    claim_token = peewee.CharField(max_length=64, null=True)
+    created_at = UTCDateTimeField()
+
+    class Meta:
+        table_name = "run_limits"
+
+
+class FlowUpstream(BaseModel):
+    """`after`: the flow runs once every one of its upstreams has succeeded (for a slot)."""
+
+    data_flow = peewee.ForeignKeyField(DataFlow, on_delete="CASCADE", index=False)
+    data_flow_id: int
+    upstream = peewee.ForeignKeyField(DataFlow, on_delete="CASCADE", index=False)
+    upstream_id: int
+
+    class Meta:
+        table_name = "flow_upstreams"
+        primary_key = peewee.CompositeKey("data_flow", "upstream")
 
 
 class WorkerRecord(BaseModel):
@@ -172,7 +212,7 @@ class SchemaVersion(BaseModel):
         table_name = "dfjob_schema"
 
 
-MODELS: list[type[BaseModel]] = [DataFlow, Job, DataFlowRun, WorkerRecord, SchemaVersion]
+MODELS: list[type[BaseModel]] = [DataFlow, Job, DataFlowRun, WorkerRecord, SchemaVersion, RunLimit, FlowUpstream]
 
 
 def _use_schema(database: peewee.Database) -> None:
@@ -188,9 +228,18 @@ database_proxy.attach_callback(_use_schema)  # type: ignore[no-untyped-call]
 INDEXES = [
     # The claim reads only queued rows, in claim order: its cost does not grow with history.
     "CREATE INDEX IF NOT EXISTS jobs_claim ON dfjob.jobs (queue, priority, run_at, id) WHERE status = 'queued'",
-    # One queued-or-running job per data flow is a database fact, not a check-then-insert race.
-    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_active_per_flow ON dfjob.jobs (data_flow_id)"
+    # Two active jobs of one flow never share a key: a database fact, not a check-then-insert race.
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_active_key ON dfjob.jobs (data_flow_id, key)"
     " WHERE status IN ('queued', 'running')",
+    # A claim counts the running attempts of each limit it would add to.
+    "CREATE INDEX IF NOT EXISTS jobs_running_limit ON dfjob.jobs (run_limit_id) WHERE status = 'running'",
+    # A heartbeat skips a flow whose scheduled job is still queued.
+    "CREATE INDEX IF NOT EXISTS jobs_queued_schedule ON dfjob.jobs (data_flow_id)"
+    " WHERE status = 'queued' AND triggered_by = 'schedule'",
+    # Chains and backfills look up a flow's job for a slot.
+    "CREATE INDEX IF NOT EXISTS jobs_flow_slot ON dfjob.jobs (data_flow_id, scheduled_for)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS run_limits_flow ON dfjob.run_limits (data_flow_id) WHERE kind = 'flow'",
+    "CREATE INDEX IF NOT EXISTS flow_upstreams_upstream ON dfjob.flow_upstreams (upstream_id)",
     # Rescue looks only at running jobs whose lease ran out.
     "CREATE INDEX IF NOT EXISTS jobs_lease ON dfjob.jobs (lease_expires_at) WHERE status = 'running'",
     "CREATE INDEX IF NOT EXISTS jobs_flow ON dfjob.jobs (data_flow_id, id)",

@@ -73,6 +73,8 @@ def runner_job(job: Claimed) -> protocol.Job:
         attempt=job.attempt,
         max_attempts=job.max_attempts,
         timeout_seconds=job.timeout_seconds,
+        scheduled_for=clock.iso(job.scheduled_for),
+        triggered_by=job.triggered_by,
     )
 
 
@@ -261,6 +263,17 @@ class Worker:
             self._write_one_by_one(exc)
             return []
         self._report(turn.finished)
+        if (outcomes and request is None) or turn.downstream:
+            # An attempt that ended may have made room under a run limit, or made a job due: look again.
+            self._found_nothing = False
+        for created in turn.downstream:
+            events.emit(
+                events.JOB_ENQUEUED,
+                job_id=created.job_id,
+                data_flow_id=created.data_flow_id,
+                data_flow_name=created.data_flow_name,
+                queue=created.queue,
+            )
         if request is not None:
             self._found_nothing = not turn.claimed
             if self._next_retry is not None and time.monotonic() >= self._next_retry:

@@ -22,16 +22,17 @@ On Postgres the claim uses `FOR UPDATE SKIP LOCKED`; on SQLite every write trans
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import peewee
 
-from dfjob import policy
+from dfjob import clock, policy
 from dfjob.config import RetrySettings
 from dfjob.db import is_postgres, write_transaction
 from dfjob.errors import DfjobError
@@ -43,6 +44,7 @@ from dfjob.store.rows import (
     ClaimRequest,
     Enqueued,
     Finished,
+    JobRequest,
     JobStatus,
     Outcome,
     Rescued,
@@ -53,10 +55,47 @@ from dfjob.store.rows import (
 from dfjob.text import storable
 
 ERROR_MESSAGE_LIMIT = 4000
+INSERT_CHUNK = 200
 # A start to write: the runs handed to runners, and when.
 Start = tuple[Sequence[int], datetime]
-# A due flow the heartbeat enqueues: (data_flow_id, queue, priority, max_attempts).
-DueJob = tuple[int, str, int, int]
+
+
+class DueFlow(NamedTuple):
+    """A flow whose schedule is due, as a heartbeat sees it (locked until its transaction ends)."""
+
+    id: int
+    name: str
+    queue: str
+    priority: int
+    max_attempts: int | None
+    every_seconds: int | None
+    cron: str | None
+    tz: str | None
+    catch_up: str
+    next_run_at: datetime
+    last_scheduled_for: datetime | None
+
+
+def params_key(params: dict[str, Any]) -> str:
+    """The key of a plain trigger: a digest of its params, so the same params deduplicate and
+    different ones queue up."""
+    return "params:" + hashlib.sha256(dump_json(params).encode()).hexdigest()[:24]
+
+
+def job_key(*, key: str | None = None, slot: datetime | None = None, params: dict[str, Any] | None = None) -> str:
+    """What makes two active jobs of a flow the same request: `--key` if given; else the slot
+    (scheduled, caught-up and backfilled jobs); else a digest of the params."""
+    if key is not None:
+        return key
+    if slot is not None:
+        return clock.iso(slot) or ""
+    return params_key(params or {})
+
+
+def claim_candidates(limit: int) -> int:
+    """How many due jobs a claim for `limit` looks at: more than it takes, since some may belong
+    to a limit that is full or to a flow another claim holds."""
+    return limit * 4 + 8
 
 
 def error_line(message: str) -> str:
@@ -69,59 +108,112 @@ class Store(ABC):
 
     # -- enqueue -----------------------------------------------------------------------------
 
-    def enqueue(
-        self,
-        data_flow_id: int,
-        *,
-        queue: str,
-        priority: int,
-        params: dict[str, Any],
-        run_at: datetime,
-        max_attempts: int,
-        now: datetime,
-    ) -> Enqueued:
-        """A new queued job for the data flow, or its active one (`deduplicated`)."""
+    def enqueue(self, request: JobRequest, now: datetime) -> Enqueued:
+        """A new queued job, or the active one of its flow with the same key (`deduplicated`)."""
         for _ in range(10):
             enqueued: Enqueued | None = None
             with write_transaction():
                 # The flow row first, as a heartbeat takes it: a trigger and a heartbeat on the same
                 # flow wait for each other in one order, and never deadlock.
-                self.lock_flow(data_flow_id)
-                rows = execute(
-                    "INSERT INTO dfjob.jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues,"
-                    " run_at, params, created_at) VALUES (?, ?, ?, 'queued', 0, ?, 0, ?, ?, ?)"
-                    " ON CONFLICT DO NOTHING RETURNING id",
-                    (
-                        data_flow_id,
-                        queue,
-                        priority,
-                        max_attempts,
-                        to_db_time(run_at),
-                        dump_json(params),
-                        to_db_time(now),
-                    ),
-                ).fetchall()
-                if rows:
+                self.lock_flow(request.data_flow_id)
+                created = self._insert_jobs([request], now)
+                if created:
                     execute(
                         "UPDATE dfjob.data_flows SET last_run_at = ?, last_run_status = 'in_progress' WHERE id = ?",
-                        (to_db_time(now), data_flow_id),
+                        (to_db_time(now), request.data_flow_id),
                     )
-                    self.notify(queue)
-                    enqueued = Enqueued(rows[0][0], data_flow_id, queue, deduplicated=False)
+                    self.notify(request.queue)
+                    enqueued = Enqueued(created[0][1], request.data_flow_id, request.queue, deduplicated=False)
                 else:
-                    active = self._active_job(data_flow_id)
+                    active = self._active_job(request.data_flow_id, request.key)
                     if active:
-                        return Enqueued(active[0], data_flow_id, active[1], deduplicated=True)
+                        return Enqueued(active[0], request.data_flow_id, active[1], deduplicated=True)
             if enqueued is not None:
                 self.wake_after_commit()
                 return enqueued
             # The active job finished between our INSERT and SELECT: try again.
-        raise DfjobError(f"could not enqueue data flow {data_flow_id}: its active job keeps changing")
+        raise DfjobError(f"could not enqueue data flow {request.data_flow_id}: its active job keeps changing")
 
-    def _active_job(self, data_flow_id: int) -> tuple[int, str] | None:
+    def _insert_jobs(
+        self, requests: Sequence[JobRequest], now: datetime, run_limit_id: int | None = None
+    ) -> list[tuple[int, int]]:
+        """INSERT … ON CONFLICT DO NOTHING, inside the caller's transaction: a request whose key is
+        taken by an active job of its flow creates nothing. Returns (data_flow_id, job_id) created.
+        Each job counts toward `run_limit_id`, else its flow's own limit (`max_running`)."""
+        created: list[tuple[int, int]] = []
+        stamp = to_db_time(now)
+        for start in range(0, len(requests), INSERT_CHUNK):
+            chunk = requests[start : start + INSERT_CHUNK]
+            row = (
+                "(?, ?, ?, 'queued', 0, ?, 0, ?, ?, ?, ?, ?, ?, ?,"
+                " COALESCE(?, (SELECT id FROM dfjob.run_limits WHERE data_flow_id = ? AND kind = 'flow')))"
+            )
+            params: list[Any] = []
+            for request in chunk:
+                params += [
+                    request.data_flow_id, request.queue, request.priority, request.max_attempts,
+                    to_db_time(request.run_at) or stamp, dump_json(request.params or {}), stamp, request.key,
+                    to_db_time(request.scheduled_for), str(request.triggered_by), request.upstream_job_id,
+                    run_limit_id, request.data_flow_id,
+                ]  # fmt: skip
+            created += execute(
+                "INSERT INTO dfjob.jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues,"
+                " run_at, params, created_at, key, scheduled_for, triggered_by, upstream_job_id, run_limit_id)"
+                f" VALUES {', '.join([row] * len(chunk))} ON CONFLICT DO NOTHING RETURNING data_flow_id, id",
+                params,
+            ).fetchall()
+        return [(int(flow_id), int(job_id)) for flow_id, job_id in created]
+
+    def backfill(
+        self, requests: Sequence[JobRequest], parallel: int, now: datetime
+    ) -> tuple[list[tuple[int, int]], int]:
+        """A backfill's jobs (one per slot, all of one flow) under a run limit of their own
+        (`--parallel`). A slot that already has a job waiting, running or succeeded is left
+        alone, so the same backfill twice enqueues nothing twice. Returns the (flow, job) ids
+        created and how many slots were left alone."""
+        if not requests:
+            return [], 0
+        flow_id = requests[0].data_flow_id
+        with write_transaction():
+            self.lock_flow(flow_id)
+            slots = [to_db_time(request.scheduled_for) for request in requests]
+            done: set[str | None] = set()
+            for start in range(0, len(slots), INSERT_CHUNK):
+                where, params = self.in_values("scheduled_for", slots[start : start + INSERT_CHUNK])
+                done.update(
+                    to_db_time(from_db_time(row[0]))
+                    for row in execute(
+                        f"SELECT scheduled_for FROM dfjob.jobs WHERE data_flow_id = ? AND {where}"
+                        " AND status IN ('queued', 'running', 'succeeded')",
+                        [flow_id, *params],
+                    ).fetchall()
+                )
+            todo = [request for request, slot in zip(requests, slots, strict=True) if slot not in done]
+            created: list[tuple[int, int]] = []
+            if todo:
+                limit_id = execute(
+                    "INSERT INTO dfjob.run_limits (data_flow_id, kind, max_running, created_at)"
+                    " VALUES (?, 'backfill', ?, ?) RETURNING id",
+                    (flow_id, parallel, to_db_time(now)),
+                ).fetchone()[0]
+                created = self._insert_jobs(todo, now, run_limit_id=limit_id)
+            if created:
+                execute(
+                    "UPDATE dfjob.data_flows SET last_run_at = ?, last_run_status = 'in_progress' WHERE id = ?",
+                    (to_db_time(now), flow_id),
+                )
+                self.notify(requests[0].queue)
+        if created:
+            self.wake_after_commit()
+        return created, len(requests) - len(created)
+
+    def _active_job(self, data_flow_id: int, key: str | None = None) -> tuple[int, str] | None:
+        """The flow's active job (with `key`, if given): (id, queue)."""
+        with_key = "" if key is None else " AND key = ?"
         row = execute(
-            "SELECT id, queue FROM dfjob.jobs WHERE data_flow_id = ? AND status IN ('queued', 'running')",
-            (data_flow_id,),
+            f"SELECT id, queue FROM dfjob.jobs WHERE data_flow_id = ? AND status IN ('queued', 'running'){with_key}"
+            " ORDER BY id LIMIT 1",
+            (data_flow_id,) if key is None else (data_flow_id, key),
         ).fetchone()
         return None if row is None else (int(row[0]), str(row[1]))
 
@@ -129,10 +221,15 @@ class Store(ABC):
         active = self._active_job(data_flow_id)
         return None if active is None else active[0]
 
-    @abstractmethod
-    def enqueue_many(self, jobs: Sequence[DueJob], now: datetime) -> dict[int, int]:
-        """Enqueue one job per due flow inside the caller's write transaction; flows that already
-        have an active job are left alone. Returns {data_flow_id: job_id} for the jobs created."""
+    def enqueue_many(self, requests: Sequence[JobRequest], now: datetime) -> list[tuple[int, int]]:
+        """Enqueue jobs inside the caller's write transaction (a heartbeat's); a request whose key
+        an active job of its flow holds creates nothing. Returns (data_flow_id, job_id) created."""
+        created = self._insert_jobs(requests, now)
+        made = {job_id for _, job_id in created}
+        flows = {flow_id for flow_id, _ in created}
+        for queue in sorted({request.queue for request in requests if request.data_flow_id in flows}):
+            self.notify(queue)
+        return created if made else []
 
     @abstractmethod
     def lock_flow(self, data_flow_id: int) -> None:
@@ -145,6 +242,54 @@ class Store(ABC):
     @abstractmethod
     def wake_after_commit(self) -> None:
         """After an enqueue committed: wake idle workers where the database cannot do it itself."""
+
+    # -- the heartbeat's statements -------------------------------------------------------------
+
+    # Postgres locks the due flows in id order (heartbeats then cannot deadlock); SQLite's
+    # BEGIN IMMEDIATE holds the one write lock already.
+    due_lock = ""
+
+    def lock_due_flows(self, now: datetime, allowed_queues: Sequence[str] = ()) -> list[DueFlow]:
+        """Inside the heartbeat's transaction: enabled flows whose `next_run_at` has come, locked
+        until it ends. With `allowed_queues` (`queues.allowed`), flows left on another queue are
+        not due: a trigger would refuse them too.
+
+        Postgres: not SKIP LOCKED, since a flow row is also locked briefly by a trigger; a second
+        heartbeat waits here instead, then re-checks `next_run_at <= now` on the moved row and
+        leaves it alone.
+        """
+        where, params = "", list[Any]()
+        if allowed_queues:
+            condition, params = self.in_values("queue", allowed_queues)
+            where = f" AND {condition}"
+        rows = execute(
+            "SELECT id, name, queue, priority, max_attempts, every_seconds, cron, tz, catch_up, next_run_at,"
+            f" last_scheduled_for FROM dfjob.data_flows WHERE enabled AND next_run_at <= ?{where}{self.due_lock}",
+            (to_db_time(now), *params),
+        ).fetchall()
+        return [
+            DueFlow._make([*row[:9], from_db_time(row[9]) or now, from_db_time(row[10])])  # times read as UTC
+            for row in rows
+        ]
+
+    def flows_with_queued_schedule_jobs(self, flow_ids: Sequence[int]) -> set[int]:
+        """The flows among these whose own scheduled job is still waiting in the queue."""
+        if not flow_ids:
+            return set()
+        where, params = self.in_values("data_flow_id", flow_ids)
+        rows = execute(
+            f"SELECT DISTINCT data_flow_id FROM dfjob.jobs WHERE {where} AND status = 'queued'"
+            " AND triggered_by = 'schedule'",
+            params,
+        ).fetchall()
+        return {row[0] for row in rows}
+
+    @abstractmethod
+    def advance_flows(
+        self, moves: Sequence[tuple[int, datetime | None, datetime | None]], enqueued: Collection[int], now: datetime
+    ) -> None:
+        """Inside the heartbeat's transaction: each flow's (id, next_run_at, last_scheduled_for);
+        those that got a job are stamped as a trigger stamps them."""
 
     # -- a worker's turn -----------------------------------------------------------------------
 
@@ -184,6 +329,37 @@ class Store(ABC):
         finished = Finished(outcome, decision.job_status, decision.will_retry, duration_ms, decision.retry_at)
         return finished, row
 
+    # The stored form of a slot, turned into the slot's key (`job_key`): dialects store times differently.
+    slot_key_sql = ""
+
+    def _downstream_statement(
+        self, succeeded: Sequence[int], retry: RetrySettings, now: datetime
+    ) -> tuple[str, list[Any]]:
+        """INSERT … SELECT of the jobs these successes make due (`after`): for every enabled flow
+        that runs after one of their flows, once each of its upstreams has succeeded for the same
+        slot (slotless: since the downstream last ran). Keyed like any job, so a slot is enqueued
+        once. Runs in the turn's transaction, after the outcomes are written."""
+        where, ids = self.in_values("j.id", succeeded)
+        stamp = to_db_time(now)
+        sql = (
+            "INSERT INTO dfjob.jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues, run_at,"
+            " params, created_at, key, scheduled_for, triggered_by, upstream_job_id, run_limit_id)"
+            " SELECT d.id, d.queue, d.priority, 'queued', 0, COALESCE(d.max_attempts, ?), 0, ?, '{}', ?,"
+            f" CASE WHEN j.scheduled_for IS NULL THEN ? ELSE {self.slot_key_sql.format(column='j.scheduled_for')} END,"
+            " j.scheduled_for, 'upstream', j.id,"
+            " (SELECT l.id FROM dfjob.run_limits l WHERE l.data_flow_id = d.id AND l.kind = 'flow')"
+            " FROM dfjob.jobs j JOIN dfjob.flow_upstreams e ON e.upstream_id = j.data_flow_id"
+            " JOIN dfjob.data_flows d ON d.id = e.data_flow_id"
+            f" WHERE {where} AND j.status = 'succeeded' AND d.enabled AND NOT EXISTS ("
+            "  SELECT 1 FROM dfjob.flow_upstreams u WHERE u.data_flow_id = d.id AND NOT EXISTS ("
+            "   SELECT 1 FROM dfjob.jobs s WHERE s.data_flow_id = u.upstream_id AND s.status = 'succeeded' AND ("
+            "    (j.scheduled_for IS NOT NULL AND s.scheduled_for = j.scheduled_for)"
+            "    OR (j.scheduled_for IS NULL AND s.finished_at > COALESCE(d.last_run_at, ?)))))"
+            " ORDER BY j.id ON CONFLICT DO NOTHING RETURNING id, data_flow_id, queue"
+        )
+        params = [retry.max_attempts, stamp, stamp, params_key({}), *ids, "1970-01-01 00:00:00.000000"]
+        return sql, params
+
     @staticmethod
     def _stale(planned: Sequence[tuple[Finished, Any]], changed: set[int]) -> list[Finished]:
         """The finished attempts, those whose lease had been taken back marked `stale`."""
@@ -191,7 +367,10 @@ class Store(ABC):
 
     @staticmethod
     def _claimed(row: Sequence[Any], token: str, worker: str) -> Claimed:
-        job_id, flow_id, queue, attempts, max_attempts, params, name, class_path, configuration, timeout, run_id = row
+        job_id, flow_id, queue, attempts, max_attempts, params, name, class_path, configuration, timeout, run_id = row[
+            :11
+        ]
+        scheduled_for, triggered_by, has_downstream = row[11:14]
         return Claimed(
             job_id=job_id,
             run_id=run_id,
@@ -206,6 +385,9 @@ class Store(ABC):
             timeout_seconds=timeout,
             lease_token=token,
             worker=worker,
+            scheduled_for=from_db_time(scheduled_for),
+            triggered_by=triggered_by,
+            has_downstream=bool(has_downstream),
         )
 
     @staticmethod
@@ -327,6 +509,14 @@ class Store(ABC):
         )
         execute("UPDATE dfjob.data_flows SET last_run_status = 'failed' WHERE id = ?", (flow_id,))
         return Rescued(job_id, run_id, flow_id, flow_name, lost, decision.job_status, decision.will_retry)
+
+    def set_flow_limit(self, data_flow_id: int, max_running: int, now: datetime) -> None:
+        """A flow's own run limit (`max_running`), made or changed, inside the caller's transaction."""
+        execute(
+            "INSERT INTO dfjob.run_limits (data_flow_id, kind, max_running, created_at) VALUES (?, 'flow', ?, ?)"
+            " ON CONFLICT (data_flow_id) WHERE kind = 'flow' DO UPDATE SET max_running = excluded.max_running",
+            (data_flow_id, max_running, to_db_time(now)),
+        )
 
     # -- worker records --------------------------------------------------------------------------
 

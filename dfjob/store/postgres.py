@@ -7,17 +7,17 @@ they get and psycopg prepares each once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dfjob import wakeup
+from dfjob import clock, wakeup
 from dfjob.config import RetrySettings
 from dfjob.db import statement_limit_ms
 from dfjob.models import to_db_time
 from dfjob.sql import execute, pipeline
-from dfjob.store import DueJob, Start, Store
-from dfjob.store.rows import ClaimRequest, Outcome, Turn
+from dfjob.store import Start, Store, claim_candidates
+from dfjob.store.rows import ClaimRequest, Downstream, Outcome, Turn
 
 # One outcome per row of `unnest`: one array per column.
 FINISH_COLUMNS = (
@@ -45,28 +45,48 @@ FINISH = (
     "  WHERE data_flows.id = v.flow_id)"
     " SELECT id FROM j"
 )
-# The whole claim in one statement: lock and update the jobs, create their pending runs, and
-# return them joined with their flows. MATERIALIZED: the locking subquery runs exactly once.
-# Parameters: queues, now, limit, worker, token, expires, worker, now.
+# A claim is two statements in the turn's transaction. LOCK_LIMITS stamps, with this turn's token,
+# the run limits (`max_running`, a backfill's `--parallel`) of the first due jobs whose limits look
+# free, skipping limits another claim holds. CLAIM then counts the running jobs of those limits
+# afresh (its snapshot is taken after the locks) and claims as many of their jobs as each limit
+# allows, in (priority, run_at, id) order: lock and update the jobs, create their pending runs, and
+# return them joined with their flows. A job without a limit counts toward none.
+# LOCK_LIMITS parameters: token, queues, now, candidates.
+LOCK_LIMITS = (
+    "UPDATE dfjob.run_limits SET claim_token = ? WHERE id IN (SELECT l.id FROM dfjob.run_limits l WHERE l.id IN"
+    " (SELECT j.run_limit_id FROM dfjob.jobs j WHERE j.status = 'queued' AND j.queue = ANY(?) AND j.run_at <= ?"
+    "  AND j.run_limit_id IS NOT NULL"
+    "  AND (SELECT count(*) FROM dfjob.jobs r WHERE r.run_limit_id = j.run_limit_id AND r.status = 'running')"
+    "   < (SELECT m.max_running FROM dfjob.run_limits m WHERE m.id = j.run_limit_id)"
+    "  ORDER BY j.priority, j.run_at, j.id LIMIT ?)"
+    " ORDER BY l.id FOR UPDATE SKIP LOCKED)"
+)
+# CLAIM parameters: token, queues, now, candidates, limit, limit, worker, lease token, expires, worker, now.
 CLAIM = (
-    "WITH picked AS MATERIALIZED (SELECT id FROM dfjob.jobs WHERE status = 'queued' AND queue = ANY(?)"
-    "  AND run_at <= ? ORDER BY priority, run_at, id LIMIT ? FOR UPDATE SKIP LOCKED),"
+    "WITH held AS MATERIALIZED (SELECT id, max_running FROM dfjob.run_limits WHERE claim_token = ?),"
+    " busy AS (SELECT run_limit_id, count(*) AS n FROM dfjob.jobs WHERE status = 'running'"
+    "  AND run_limit_id IN (SELECT id FROM held) GROUP BY run_limit_id),"
+    " cand AS MATERIALIZED (SELECT j.id, j.run_limit_id, j.priority, j.run_at FROM dfjob.jobs j"
+    "  WHERE j.status = 'queued' AND j.queue = ANY(?) AND j.run_at <= ?"
+    "  AND (j.run_limit_id IS NULL OR j.run_limit_id IN (SELECT id FROM held))"
+    "  ORDER BY j.priority, j.run_at, j.id LIMIT ? FOR UPDATE OF j SKIP LOCKED),"
+    " picked AS (SELECT ranked.id FROM (SELECT c.id, c.priority, c.run_at,"
+    "  row_number() OVER (PARTITION BY c.run_limit_id ORDER BY c.priority, c.run_at, c.id) AS rn,"
+    "  COALESCE(h.max_running - COALESCE(b.n, 0), ?) AS free"
+    "  FROM cand c LEFT JOIN held h ON h.id = c.run_limit_id LEFT JOIN busy b ON b.run_limit_id = c.run_limit_id)"
+    "  AS ranked WHERE ranked.rn <= ranked.free ORDER BY ranked.priority, ranked.run_at, ranked.id LIMIT ?),"
     " claimed AS (UPDATE dfjob.jobs SET status = 'running', attempts = attempts + 1, locked_by = ?,"
     "  lease_token = ?, lease_expires_at = ? FROM picked WHERE jobs.id = picked.id"
-    "  RETURNING jobs.id, jobs.data_flow_id, jobs.queue, jobs.attempts, jobs.max_attempts, jobs.params),"
+    "  RETURNING jobs.id, jobs.data_flow_id, jobs.queue, jobs.attempts, jobs.max_attempts, jobs.params,"
+    "  jobs.scheduled_for, jobs.triggered_by),"
     " runs AS (INSERT INTO dfjob.data_flow_runs (data_flow_id, job_id, attempt, status, queue, worker, created_at)"
     "  SELECT data_flow_id, id, attempts, 'pending', queue, ?, CAST(? AS timestamp) FROM claimed"
     "  RETURNING id, job_id)"
     " SELECT c.id, c.data_flow_id, c.queue, c.attempts, c.max_attempts, c.params,"
-    "  f.name, f.class_path, f.configuration, f.timeout_seconds, r.id"
+    "  f.name, f.class_path, f.configuration, f.timeout_seconds, r.id, c.scheduled_for, c.triggered_by,"
+    "  EXISTS (SELECT 1 FROM dfjob.flow_upstreams u WHERE u.upstream_id = c.data_flow_id)"
     " FROM claimed c JOIN dfjob.data_flows f ON f.id = c.data_flow_id JOIN runs r ON r.job_id = c.id"
     " ORDER BY c.id"
-)
-ENQUEUE_MANY = (
-    "INSERT INTO dfjob.jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues, run_at,"
-    " params, created_at) SELECT v.id, v.queue, v.priority, 'queued', 0, v.attempts, 0, CAST(? AS timestamp),"
-    " '{}', CAST(? AS timestamp) FROM unnest(CAST(? AS bigint[]), CAST(? AS text[]), CAST(? AS integer[]),"
-    " CAST(? AS integer[])) AS v(id, queue, priority, attempts) ON CONFLICT DO NOTHING RETURNING data_flow_id, id"
 )
 
 
@@ -80,9 +100,31 @@ def _limits() -> list[tuple[str, list[Any]]]:
     return [] if limit is None else [(LIMITS, [str(limit), str(limit)])]
 
 
+ADVANCE = (
+    "UPDATE dfjob.data_flows SET next_run_at = v.next_run_at, last_scheduled_for = v.last_scheduled_for,"
+    " last_run_at = CASE WHEN v.enqueued = 1 THEN CAST(? AS timestamp) ELSE data_flows.last_run_at END,"
+    " last_run_status = CASE WHEN v.enqueued = 1 THEN 'in_progress' ELSE data_flows.last_run_status END"
+    " FROM unnest(CAST(? AS bigint[]), CAST(? AS timestamp[]), CAST(? AS timestamp[]), CAST(? AS integer[]))"
+    " AS v(id, next_run_at, last_scheduled_for, enqueued) WHERE data_flows.id = v.id"
+)
+
+
 class PostgresStore(Store):
     # Skip jobs another rescuer is taking back; never lock their flows (a heartbeat would wait).
     rescue_lock = " FOR UPDATE OF jobs SKIP LOCKED"
+    slot_key_sql = "to_char({column}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US') || '+00:00'"
+    due_lock = " ORDER BY id FOR NO KEY UPDATE"
+
+    def advance_flows(
+        self, moves: Sequence[tuple[int, datetime | None, datetime | None]], enqueued: Collection[int], now: datetime
+    ) -> None:
+        if not moves:
+            return
+        ids = [flow_id for flow_id, _, _ in moves]
+        nexts = [to_db_time(nxt) for _, nxt, _ in moves]
+        lasts = [to_db_time(last) for _, _, last in moves]
+        flags = [int(flow_id in enqueued) for flow_id in ids]
+        execute(ADVANCE, [to_db_time(now), ids, nexts, lasts, flags])
 
     def limit_transaction(self) -> None:
         for statement, params in _limits():
@@ -115,16 +157,6 @@ class PostgresStore(Store):
     def wake_after_commit(self) -> None:
         """NOTIFY already did it, on commit."""
 
-    def enqueue_many(self, jobs: Sequence[DueJob], now: datetime) -> dict[int, int]:
-        if not jobs:
-            return {}
-        stamp = to_db_time(now)
-        ids, queues, priorities, attempts = (list(column) for column in zip(*jobs, strict=True))
-        created = dict(execute(ENQUEUE_MANY, [stamp, stamp, ids, queues, priorities, attempts]).fetchall())
-        for queue in {queue for flow_id, queue, _, _ in jobs if flow_id in created}:
-            self.notify(queue)
-        return created
-
     def turn(
         self, outcomes: Sequence[Outcome], starts: Sequence[Start], request: ClaimRequest | None, retry: RetrySettings
     ) -> Turn:
@@ -137,20 +169,42 @@ class PostgresStore(Store):
             finish_at = len(statements)
             columns = [list(column) for column in zip(*(row for _, row in planned), strict=True)]
             statements.append((FINISH, columns))
+        succeeded = [item.outcome.job.job_id for item, _ in planned if item.job_status == "succeeded"]
+        downstream_at = -1
+        if any(item.outcome.job.has_downstream for item, _ in planned if item.job_status == "succeeded"):
+            downstream_at = len(statements)
+            statements.append(self._downstream(succeeded, retry, request.now if request else clock.now()))
         if request is not None:
-            claim_at = len(statements)
-            statements.append(self._claim_statement(request, token))
+            statements += self._claim_statements(request, token)
+            claim_at = len(statements) - 1
         if len(statements) == len(_limits()):
             return Turn([], [])
         results = pipeline(statements)
         changed = {row[0] for row in results[finish_at]} if finish_at >= 0 else set()
         claimed = results[claim_at] if claim_at >= 0 else []
         worker = request.worker if request is not None else ""
-        return Turn(self._stale(planned, changed), [self._claimed(row, token, worker) for row in claimed])
+        downstream = [Downstream(*row[:4]) for row in results[downstream_at]] if downstream_at >= 0 else []
+        return Turn(self._stale(planned, changed), [self._claimed(row, token, worker) for row in claimed], downstream)
+
+    def _downstream(self, succeeded: Sequence[int], retry: RetrySettings, now: datetime) -> tuple[str, list[Any]]:
+        """The downstream INSERT, with the flows it enqueued stamped and their workers woken."""
+        insert, params = self._downstream_statement(succeeded, retry, now)
+        sql = (
+            f"WITH ins AS ({insert}),"
+            " f AS (UPDATE dfjob.data_flows SET last_run_at = CAST(? AS timestamp), last_run_status = 'in_progress'"
+            "  FROM ins WHERE data_flows.id = ins.data_flow_id RETURNING data_flows.id, data_flows.name)"
+            " SELECT ins.id, ins.data_flow_id, f.name, ins.queue, pg_notify(?, ins.queue)"
+            " FROM ins JOIN f ON f.id = ins.data_flow_id ORDER BY ins.id"
+        )
+        return sql, [*params, to_db_time(now), wakeup.channel()]
 
     @staticmethod
-    def _claim_statement(request: ClaimRequest, token: str) -> tuple[str, list[Any]]:
+    def _claim_statements(request: ClaimRequest, token: str) -> list[tuple[str, list[Any]]]:
         stamp = to_db_time(request.now)
         expires = to_db_time(request.now + timedelta(seconds=request.lease_seconds))
-        params = [list(request.queues), stamp, request.limit, request.worker, token, expires, request.worker, stamp]
-        return CLAIM, params
+        queues, candidates = list(request.queues), claim_candidates(request.limit)
+        return [
+            (LOCK_LIMITS, [token, queues, stamp, candidates]),
+            (CLAIM, [token, queues, stamp, candidates, request.limit, request.limit, request.worker, token, expires,
+                     request.worker, stamp]),
+        ]  # fmt: skip

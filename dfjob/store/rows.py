@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -41,6 +42,29 @@ class Enqueued(NamedTuple):
     deduplicated: bool
 
 
+class TriggeredBy(StrEnum):
+    TRIGGER = "trigger"
+    SCHEDULE = "schedule"
+    BACKFILL = "backfill"
+    UPSTREAM = "upstream"
+    API = "api"
+
+
+class JobRequest(NamedTuple):
+    """One job to enqueue. Two active jobs of a flow never share a `key` (see `job_key`)."""
+
+    data_flow_id: int
+    queue: str
+    priority: int
+    max_attempts: int
+    key: str
+    params: dict[str, Any] | None = None
+    run_at: datetime | None = None  # None: now
+    scheduled_for: datetime | None = None
+    triggered_by: TriggeredBy = TriggeredBy.TRIGGER
+    upstream_job_id: int | None = None
+
+
 class ClaimRequest(NamedTuple):
     """What a worker asks for: up to `limit` due jobs from `queues`, leased for `lease_seconds`."""
 
@@ -67,6 +91,10 @@ class Claimed(NamedTuple):
     timeout_seconds: int | None
     lease_token: str
     worker: str
+    scheduled_for: datetime | None = None
+    triggered_by: str = TriggeredBy.TRIGGER
+    # Flows list this one in `after`: its success may enqueue them.
+    has_downstream: bool = False
 
     def event_fields(self) -> dict[str, Any]:
         """What every lifecycle event about this attempt carries."""
@@ -118,8 +146,18 @@ class Rescued(NamedTuple):
     will_retry: bool
 
 
+class Downstream(NamedTuple):
+    """A job an upstream's success enqueued (`after`)."""
+
+    job_id: int
+    data_flow_id: int
+    data_flow_name: str
+    queue: str
+
+
 class Turn(NamedTuple):
     """What one worker turn wrote and claimed."""
 
     finished: list[Finished]
     claimed: list[Claimed]
+    downstream: Sequence[Downstream] = ()

@@ -45,9 +45,10 @@ def claim_plan(env: Env) -> str:
     later = db_stamp(utc_now() + timedelta(seconds=60))
     if not env.postgres:
         claim = sqlite.CLAIM.format(queues="?")
-        rows = sql.execute("EXPLAIN QUERY PLAN " + claim, ("bench", "token", later, QUEUE, now, 8)).fetchall()
+        rows = sql.execute("EXPLAIN QUERY PLAN " + claim, ("bench", "token", later, QUEUE, now, 40, 8, 8)).fetchall()
         return "; ".join(str(row[-1]) for row in rows)
-    rows = sql.execute("EXPLAIN " + postgres.CLAIM, ([QUEUE], now, 8, "bench", "token", later, "bench", now)).fetchall()
+    params = ("token", [QUEUE], now, 40, 8, 8, "bench", "token", later, "bench", now)
+    rows = sql.execute("EXPLAIN " + postgres.CLAIM, params).fetchall()
     return "; ".join(" ".join(str(row[0]).split()) for row in rows if "Scan" in row[0] or "Sort" in row[0])
 
 

@@ -20,7 +20,7 @@ import pytest
 from dfjob import db
 from dfjob.migrations import create_schema
 from dfjob.sql import to_dialect
-from dfjob.store.postgres import CLAIM
+from dfjob.store.postgres import CLAIM, LOCK_LIMITS
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "scripts" / "bench"
@@ -110,21 +110,25 @@ def _nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def _assert_claim_plan(plan: dict[str, Any]) -> None:
-    """The locking subquery finds jobs through `jobs_claim`, never the primary key; nothing reads the whole job table.
+def _assert_claim_plan(plan: dict[str, Any], part: str | None) -> None:
+    """The claim finds due jobs through `jobs_claim`, never the primary key; nothing reads the whole
+    job table. `part`: the CTE that picks the candidates (None: the whole statement does).
 
-    (The planner may also AND in `jobs_one_active_per_flow`, another small partial index: its cost follows
-    the number of active jobs, not the history. The update itself then finds each picked row by primary key.)
+    (Counting running jobs goes through `jobs_running_limit`, a partial index that holds running jobs
+    only; the update then finds each picked row by primary key.)
     """
     shown = json.dumps(plan, indent=1)
     nodes = _nodes(plan["Plan"])
     # The job table is never read whole (a small data_flows table may be: it holds no history).
     assert not [node for node in nodes if node["Node Type"] == "Seq Scan" and node["Relation Name"] == "jobs"], shown
-    picked = [node for node in nodes if node.get("Subplan Name") == "CTE picked"]
-    assert len(picked) == 1, shown
-    indexes = {node["Index Name"] for node in _nodes(picked[0]) if "Index Name" in node}
+    if part is not None:
+        picked = [node for node in nodes if node.get("Subplan Name") == f"CTE {part}"]
+        assert len(picked) == 1, shown
+        nodes = _nodes(picked[0])
+    indexes = {node["Index Name"] for node in nodes if "Index Name" in node}
     assert "jobs_claim" in indexes, shown
-    assert "jobs_pkey" not in indexes, shown
+    if part is not None:
+        assert "jobs_pkey" not in indexes, shown
 
 
 @pytest.mark.slow
@@ -151,19 +155,27 @@ def test_claim_uses_the_partial_index_with_a_large_finished_history(postgres_url
         " created_at) SELECT g, 'default', 0, 'queued', 0, 3, 0, now(), '{}', now() FROM generate_series(1, 5) AS t(g)"
     )
     database.execute_sql("ANALYZE")
-    sql = to_dialect(CLAIM, "dfjob")
     now, later = "2030-01-01 00:00:00.000000", "2030-01-01 00:01:00.000000"
-    # The custom plan: what EXPLAIN shows for these parameter values.
-    params = [["default"], now, 8, "bench-worker", "token", later, "bench-worker", now]
-    rows = database.execute_sql("EXPLAIN (FORMAT JSON) " + sql, params).fetchall()
-    _assert_claim_plan(rows[0][0][0])
-    # The generic plan: psycopg prepares a statement run often, and Postgres may then plan it once for all values.
-    numbered = sql
-    for index in range(1, sql.count("%s") + 1):
-        numbered = numbered.replace("%s", f"${index}", 1)
-    database.execute_sql(f"PREPARE claim_plan AS {numbered}")
-    database.execute_sql("SET plan_cache_mode = force_generic_plan")
-    arguments = f"'{{default}}', '{now}', 8, 'bench-worker', 'token', '{later}', 'bench-worker', '{now}'"
-    rows = database.execute_sql(f"EXPLAIN (FORMAT JSON) EXECUTE claim_plan({arguments})").fetchall()
-    _assert_claim_plan(rows[0][0][0])
+    statements = [
+        (LOCK_LIMITS, ["token", ["default"], now, 40], None),
+        (CLAIM, ["token", ["default"], now, 40, 8, 8, "bench-worker", "token", later, "bench-worker", now], "cand"),
+    ]
+    for index, (statement, params, part) in enumerate(statements):
+        sql = to_dialect(statement, "dfjob")
+        # The custom plan: what EXPLAIN shows for these parameter values.
+        rows = database.execute_sql("EXPLAIN (FORMAT JSON) " + sql, params).fetchall()
+        _assert_claim_plan(rows[0][0][0], part)
+        # The generic plan: psycopg prepares a statement run often, and Postgres may then plan it once for all values.
+        numbered = sql
+        for number in range(1, sql.count("%s") + 1):
+            numbered = numbered.replace("%s", f"${number}", 1)
+        database.execute_sql(f"PREPARE claim_plan_{index} AS {numbered}")
+        database.execute_sql("SET plan_cache_mode = force_generic_plan")
+        arguments = ", ".join(
+            "'{default}'" if isinstance(value, list) else str(value) if isinstance(value, int) else f"'{value}'"
+            for value in params
+        )
+        rows = database.execute_sql(f"EXPLAIN (FORMAT JSON) EXECUTE claim_plan_{index}({arguments})").fetchall()
+        _assert_claim_plan(rows[0][0][0], part)
+        database.execute_sql("RESET plan_cache_mode")
     database.close()

@@ -116,7 +116,9 @@ def test_cron_moves_next_run_at_to_the_next_fire_time_and_does_not_replay_missed
     assert len(_jobs(flow)) == 2
 
 
-def test_a_due_flow_with_an_active_job_is_skipped_and_its_next_run_at_still_advances(database: Settings) -> None:
+def test_a_due_flow_whose_scheduled_job_is_still_queued_is_skipped_and_its_next_run_at_still_advances(
+    database: Settings,
+) -> None:
     flow = _flow(database, "busy", every="1m")
     t0 = _next_run_at(flow)
     assert heartbeat(database, now=t0).enqueued == 1
@@ -126,12 +128,15 @@ def test_a_due_flow_with_an_active_job_is_skipped_and_its_next_run_at_still_adva
     assert queued == HeartbeatResult(due=1, enqueued=0, skipped=1)
     assert _next_run_at(flow) == t0 + timedelta(minutes=2)
 
+    # A running job does not block the schedule, nor does a triggered one.
     [claimed] = store_ops.claim("w", ["default"], 1, t0 + timedelta(seconds=62), 3600)
     assert claimed.job_id == first.id
+    trigger_run(database, flow)
     running = heartbeat(database, now=t0 + timedelta(seconds=121))
-    assert running == HeartbeatResult(due=1, enqueued=0, skipped=1)
+    assert running == HeartbeatResult(due=1, enqueued=1, skipped=0)
     assert _next_run_at(flow) == t0 + timedelta(minutes=3)
-    assert [job.id for job in _jobs(flow)] == [first.id]
+    scheduled = [job for job in _jobs(flow) if job.triggered_by == "schedule"]
+    assert [job.scheduled_for for job in scheduled] == [t0, t0 + timedelta(minutes=2)]
 
 
 def test_an_enqueued_flow_gets_last_run_at_and_last_run_status_stamped(database: Settings) -> None:
@@ -150,13 +155,15 @@ def test_an_enqueued_flow_gets_last_run_at_and_last_run_status_stamped(database:
 def test_heartbeat_finished_event_reports_due_enqueued_and_skipped(
     database: Settings, captured_events: list[tuple[str, dict[str, Any]]]
 ) -> None:
+    busy = _flow(database, "alreadybusy", every="5m")
+    now = clock.now()
+    heartbeat(database, now=now)  # its scheduled job is still queued when it is due again
     fresh = _flow(database, "fresh", every="10m", queue="hb")
-    busy = _flow(database, "alreadybusy", every="10m")
     _flow(database, "later", cron="0 3 * * *")
-    trigger_run(database, busy)
+    trigger_run(database, busy)  # a triggered job never blocks the schedule: this one does not count
     captured_events.clear()
 
-    result = heartbeat(database, now=clock.now())
+    result = heartbeat(database, now=now + timedelta(minutes=5))
 
     assert result == HeartbeatResult(due=2, enqueued=1, skipped=1)
     enqueued = [payload for name, payload in captured_events if name == events.JOB_ENQUEUED]

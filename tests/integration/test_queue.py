@@ -36,7 +36,7 @@ def _enqueue(
     queue_name: str | None = None,
     max_attempts: int = 3,
 ) -> int:
-    enqueued = store().enqueue(
+    enqueued = store_ops.enqueue(
         flow.id,
         queue=queue_name or flow.queue,
         priority=flow.priority if priority is None else priority,
@@ -96,46 +96,55 @@ def test_enqueue_creates_queued_job_with_the_flows_queue_priority_and_max_attemp
     assert DataFlow.get_by_id(own.id).last_run_status == "in_progress"
 
 
-def test_second_enqueue_returns_the_active_job_deduplicated(database: Settings) -> None:
+def test_a_second_enqueue_with_the_same_key_returns_the_active_job(database: Settings) -> None:
     flow = _flow(database, "dedupe")
-    first = trigger_run(database, flow)
-    again = trigger_run(database, flow, params={"other": "params"})
+    first = trigger_run(database, flow, params={"day": "1"})
+    again = trigger_run(database, flow, params={"day": "1"})
     assert again.job_id == first.job_id
     assert (first.deduplicated, again.deduplicated) == (False, True)
+    # Different params are a different request: they queue up.
+    other = trigger_run(database, flow, params={"day": "2"})
+    assert other.deduplicated is False
+    assert other.job_id != first.job_id
+    # An explicit key decides, whatever the params.
+    keyed = trigger_run(database, flow, params={"day": "3"}, key="nightly")
+    same_key = trigger_run(database, flow, params={"day": "4"}, key="nightly")
+    assert (same_key.job_id, same_key.deduplicated) == (keyed.job_id, True)
 
     running = _claim_one(clock.now())
-    while_running = trigger_run(database, flow)
+    assert running.job_id == first.job_id
+    while_running = trigger_run(database, flow, params={"day": "1"})
     assert (while_running.job_id, while_running.deduplicated) == (running.job_id, True)
-    assert Job.select().count() == 1
+    assert Job.select().count() == 3
 
     store_ops.finish([_outcome(running, "success", clock.now(), clock.now())], database.retry)
-    after = trigger_run(database, flow)
+    after = trigger_run(database, flow, params={"day": "1"})
     assert after.deduplicated is False
-    assert after.job_id != first.job_id
+    assert after.job_id not in (first.job_id, other.job_id, keyed.job_id)
 
 
-def _raw_insert(flow_id: int, status: str) -> None:
+def _raw_insert(flow_id: int, status: str, key: str) -> None:
     stamp = to_db_time(clock.now())
     sql.execute(
         "INSERT INTO dfjob.jobs (data_flow_id, queue, priority, status, attempts, max_attempts, rescues, run_at,"
-        " params,"
-        " created_at) VALUES (?, 'default', 0, ?, 0, 3, 0, ?, '{}', ?)",
-        (flow_id, status, stamp, stamp),
+        " params, created_at, key) VALUES (?, 'default', 0, ?, 0, 3, 0, ?, '{}', ?, ?)",
+        (flow_id, status, stamp, stamp, key),
     )
 
 
 @pytest.mark.parametrize("second_status", ["queued", "running"])
-def test_unique_index_refuses_a_raw_second_active_job_for_a_flow(database: Settings, second_status: str) -> None:
+def test_unique_index_refuses_a_raw_second_active_job_with_the_same_key(database: Settings, second_status: str) -> None:
     flow = _flow(database, "unique")
-    trigger_run(database, flow)
+    trigger_run(database, flow, key="k")
     with pytest.raises(peewee.IntegrityError), write_transaction():
-        _raw_insert(flow.id, second_status)
-    # Finished jobs are outside the partial index: history may hold any number of them.
+        _raw_insert(flow.id, second_status, "k")
+    # Another key, or a finished job (outside the partial index): history may hold any number of them.
     with write_transaction():
-        _raw_insert(flow.id, "succeeded")
-        _raw_insert(flow.id, "failed")
+        _raw_insert(flow.id, second_status, "other")
+        _raw_insert(flow.id, "succeeded", "k")
+        _raw_insert(flow.id, "failed", "k")
     statuses = sorted(job.status for job in Job.select().where(Job.data_flow == flow.id))
-    assert statuses == ["failed", "queued", "succeeded"]
+    assert statuses == sorted(["queued", second_status, "succeeded", "failed"])
 
 
 # -- claim -------------------------------------------------------------------------------------------

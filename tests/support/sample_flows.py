@@ -113,6 +113,30 @@ class FailTimes(dfjob.Flow):
         return {"calls": count + 1}
 
 
+class Context(dfjob.Flow):
+    """Returns what it knows of its attempt; fails for good for the slots in `config.fail_slots`
+    (ISO 8601), and appends `slot start end` (its own clock) to `config.ledger` if given."""
+
+    def run(self) -> dict[str, Any]:
+        slot = self.scheduled_for.isoformat() if self.scheduled_for else None
+        started = time.time()
+        if self.config.get("sleep"):
+            time.sleep(float(self.config["sleep"]))
+        if self.config.get("ledger"):
+            with open(self.config["ledger"], "a", encoding="utf-8") as ledger:
+                ledger.write(f"{self.job_id} {started} {time.time()}\n")
+        if slot in self.config.get("fail_slots", []):
+            raise dfjob.Discard(f"no data for {slot}")
+        return {
+            "job_id": self.job_id,
+            "run_id": self.run_id,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "scheduled_for": slot,
+            "triggered_by": self.triggered_by,
+        }
+
+
 class NotAFlow:
     def run(self) -> None:
         pass

@@ -24,7 +24,6 @@ from dfjob.config import RetrySettings
 from dfjob.db import close_database
 from dfjob.migrations import create_schema
 from dfjob.registry import FlowSpec, add_flow
-from dfjob.store import store
 from dfjob.store.rows import Outcome
 from dfjob.trigger import trigger_run
 from tests.conftest import SUPPORT_DIR, make_settings
@@ -113,7 +112,7 @@ def finish_jobs(db_path: Path, flow_id: int, count: int, status: str = "success"
     try:
         for _ in range(count):
             now = clock.now()
-            enqueued = store().enqueue(
+            enqueued = store_ops.enqueue(
                 flow_id, queue="default", priority=0, params={}, run_at=now, max_attempts=1, now=now
             )
             assert not enqueued.deduplicated

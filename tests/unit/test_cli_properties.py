@@ -25,8 +25,8 @@ from tests.unit.conftest import run_main
 TABLES = ("data_flows", "jobs", "data_flow_runs")
 FLOW_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,127}")
 QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,63}")
-DURATION = re.compile(r"([0-9]+)([smhd])")
-UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION = re.compile(r"([0-9]+)([smhdw])")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 PROPERTY = hypothesis_settings(
     max_examples=60,
@@ -67,7 +67,8 @@ def duration_seconds(text: str) -> int | None:
     match = DURATION.fullmatch(text)
     if not match or int(match.group(1)) == 0:
         return None
-    return int(match.group(1)) * UNIT_SECONDS[match.group(2)]
+    seconds = int(match.group(1)) * UNIT_SECONDS[match.group(2)]
+    return seconds if seconds <= 366 * 86400 else None
 
 
 def toml_string(text: str) -> str:
@@ -114,10 +115,10 @@ queue_names = st.one_of(
     st.text(alphabet="aZ09_-.é :/\n", max_size=8),
     st.text(max_size=8),
 )
-good_durations = st.tuples(st.integers(0, 300), st.sampled_from("smhd")).map(lambda pair: f"{pair[0]}{pair[1]}")
+good_durations = st.tuples(st.integers(0, 300), st.sampled_from("smhdw")).map(lambda pair: f"{pair[0]}{pair[1]}")
 durations = st.one_of(
     good_durations,
-    st.text(alphabet="0123456789smhdx-. ", max_size=3),
+    st.text(alphabet="0123456789smhdwx-. ", max_size=3),
     st.sampled_from(["1.5h", "-1m", "5 m", "\u0663s", "1h30m"]),
 )
 good_pairs = st.tuples(st.text(min_size=1, max_size=6).filter(lambda key: "=" not in key), st.text(max_size=8))
@@ -224,7 +225,7 @@ def test_flows_add_refuses_or_round_trips(cli: Cli, case: tuple[str, str, str, s
     assert shown == added
     assert (shown["name"], shown["queue"], shown["priority"]) == (name, queue, priority)
     assert shown["configuration"] == configuration
-    schedule = re.fullmatch(r"every ([0-9]+)([smhd])", shown["schedule"])
+    schedule = re.fullmatch(r"every ([0-9]+)([smhdw])", shown["schedule"])
     assert schedule is not None
     assert int(schedule.group(1)) * UNIT_SECONDS[schedule.group(2)] == seconds
     assert cli("flows", "remove", "--", name)[0] == 0

@@ -20,15 +20,14 @@ from dfjob import clock, db
 from dfjob.config import FlowSettings, QueueSettings, Settings
 from dfjob.errors import DfjobError
 from dfjob.flow import ClassPathRefused
+from dfjob.flowfile import export_flows, import_flows
 from dfjob.migrations import create_schema
 from dfjob.models import DataFlow, DataFlowRun, Job
 from dfjob.registry import (
     FlowSpec,
     add_flow,
-    export_flows,
     flow_to_dict,
     get_flow,
-    import_flows,
     remove_flow,
     set_enabled,
     update_flow,

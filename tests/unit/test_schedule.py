@@ -54,8 +54,9 @@ def test_format_duration_round_trips(seconds: int) -> None:
         "",
         "* * * *",
         "* * * * * *",
-        "@daily",
+        "@dayly",
         "abc",
+        "\u0661 * * * *",
         "61 * * * *",
         "* 24 * * *",
         "* * 32 * *",
@@ -72,6 +73,66 @@ def test_format_duration_round_trips(seconds: int) -> None:
 def test_parse_cron_refuses(expression: str) -> None:
     with pytest.raises(DfjobError, match="invalid cron expression"):
         parse_cron(expression)
+
+
+@pytest.mark.parametrize(
+    ("alias", "expected"),
+    [
+        ("@hourly", "2026-03-04T11:00:00"),
+        ("@daily", "2026-03-05T00:00:00"),
+        ("@midnight", "2026-03-05T00:00:00"),
+        ("@weekly", "2026-03-08T00:00:00"),
+        ("@monthly", "2026-04-01T00:00:00"),
+        ("@yearly", "2027-01-01T00:00:00"),
+        ("@annually", "2027-01-01T00:00:00"),
+    ],
+)
+def test_cron_aliases_fire_as_crontab_reads_them(alias: str, expected: str) -> None:
+    assert Schedule(cron=alias).next_after(at("2026-03-04T10:30:00"), previous=None) == at(expected)
+
+
+def test_a_cron_time_zone_moves_the_fire_times_with_it() -> None:
+    berlin = Schedule(cron="0 3 * * *", tz="Europe/Berlin")
+    assert berlin.next_after(at("2026-01-10T00:00:00"), previous=None) == at("2026-01-10T02:00:00")  # CET, UTC+1
+    assert berlin.next_after(at("2026-07-10T00:00:00"), previous=None) == at("2026-07-10T01:00:00")  # CEST, UTC+2
+    with pytest.raises(DfjobError, match="unknown time zone"):
+        Schedule(cron="0 3 * * *", tz="Mars/Olympus")
+
+
+@pytest.mark.parametrize(
+    ("cron", "start", "expected"),
+    [
+        # A daily 02:30 in Berlin: the spring-forward day has no 02:30, it runs once when the clocks jump;
+        # the fall-back day has two, it runs once, the first time.
+        ("30 2 * * *", "2026-03-28T00:00:00", ["2026-03-28T01:30:00", "2026-03-29T01:00:00", "2026-03-30T00:30:00"]),
+        ("30 2 * * *", "2026-10-24T00:00:00", ["2026-10-24T00:30:00", "2026-10-25T00:30:00", "2026-10-26T01:30:00"]),
+        # Hourly follows real time: the skipped hour does not run, the repeated hour runs twice.
+        ("0 * * * *", "2026-03-29T00:30:00", ["2026-03-29T01:00:00", "2026-03-29T02:00:00"]),
+        ("0 * * * *", "2026-10-24T23:30:00", ["2026-10-25T00:00:00", "2026-10-25T01:00:00", "2026-10-25T02:00:00"]),
+    ],
+)
+def test_daylight_saving_changes_as_cron_applies_them(cron: str, start: str, expected: list[str]) -> None:
+    schedule, now, fires = Schedule(cron=cron, tz="Europe/Berlin"), at(start), []
+    for _ in expected:
+        fire = schedule.next_after(now, previous=None)
+        assert fire is not None
+        fires.append(fire)
+        now = fire
+    assert fires == [at(text) for text in expected]
+
+
+def test_slots_and_the_latest_slot_after_downtime() -> None:
+    hourly = Schedule(cron="0 * * * *")
+    assert hourly.slots(at("2026-01-01T01:00:00"), at("2026-01-01T03:30:00"), 100) == [
+        at("2026-01-01T01:00:00"), at("2026-01-01T02:00:00"), at("2026-01-01T03:00:00"),
+    ]  # fmt: skip
+    assert hourly.slots(at("2026-01-01T01:00:00"), at("2026-01-09T00:00:00"), 2) == [
+        at("2026-01-01T01:00:00"), at("2026-01-01T02:00:00"),
+    ]  # fmt: skip
+    assert hourly.latest_slot(at("2026-01-01T01:00:00"), at("2026-02-01T07:45:00")) == at("2026-02-01T07:00:00")
+    every = Schedule(every_seconds=600)
+    assert every.latest_slot(at("2026-01-01T00:05:00"), at("2026-01-01T01:00:00")) == at("2026-01-01T00:55:00")
+    assert every.slots(at("2026-01-01T00:05:00"), at("2026-01-01T00:30:00"), 100)[-1] == at("2026-01-01T00:25:00")
 
 
 def test_schedule_refuses_a_bad_cron_and_both_kinds() -> None:
