@@ -11,16 +11,27 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from dfjob.store import Start
-from dfjob.store.rows import Outcome
+from dfjob.store.rows import LogWrite, Outcome
 
 
 @dataclass
 class WriteBatch:
     outcomes: list[Outcome] = field(default_factory=list)
     starts: dict[int, datetime] = field(default_factory=dict)
+    logs: list[LogWrite] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.outcomes or self.starts)
+        return bool(self.outcomes or self.starts or self.logs)
+
+    def logged(self, write: LogWrite) -> None:
+        self.logs.append(write)
+
+    def take_logs(self) -> list[LogWrite]:
+        logs, self.logs = self.logs, []
+        return logs
+
+    def put_back_logs(self, logs: list[LogWrite]) -> None:
+        self.logs = logs + self.logs
 
     def started(self, run_id: int, at: datetime) -> None:
         self.starts[run_id] = at

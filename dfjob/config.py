@@ -59,6 +59,12 @@ class RetrySettings:
 
 
 @dataclass(frozen=True)
+class RunSettings:
+    # Output kept per run: its first and last halves, with a marker of what was cut between.
+    log_max_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
 class RetentionSettings:
     finished_jobs: str = "30d"
 
@@ -92,12 +98,15 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    runs: RunSettings = field(default_factory=RunSettings)
     queues: QueueSettings = field(default_factory=QueueSettings)
     flows: FlowSettings = field(default_factory=FlowSettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     log: LogSettings = field(default_factory=LogSettings)
     # The folder relative paths are resolved against: the config file's, else the working directory.
     base_dir: str = "."
+    # The config file these settings were read from, if any (`doctor` says which).
+    config_file: str | None = None
 
 
 def load_settings(
@@ -109,7 +118,7 @@ def load_settings(
     path = _find_config_file(config_path)
     settings = Settings(base_dir=os.getcwd())
     if path is not None:
-        settings = _read_file(path)
+        settings = replace(_read_file(path), config_file=str(path.resolve()))
     url = database_url or os.environ.get("DFJOB_DATABASE_URL")
     if url:
         settings = replace(settings, database=replace(settings.database, url=_from_working_directory(url)))
@@ -171,7 +180,9 @@ def _read_file(path: Path) -> Settings:
 
 
 def _section_types() -> dict[str, type]:
-    return {f.name: type(getattr(Settings(), f.name)) for f in fields(Settings) if f.name != "base_dir"}
+    return {
+        f.name: type(getattr(Settings(), f.name)) for f in fields(Settings) if f.name not in ("base_dir", "config_file")
+    }
 
 
 def _build_section(path: Path, name: str, section_type: type, default: Any, values: dict[str, Any]) -> Any:
@@ -225,6 +236,7 @@ def validate(settings: Settings, source: str) -> None:
     _check_range(source, "worker.shutdown_grace", worker.shutdown_grace, 0, 86400)
     _check_range(source, "worker.max_result_bytes", worker.max_result_bytes, 2, 256 * 1024 * 1024)
     _check_range(source, "retry.max_attempts", retry.max_attempts, 1, 1000)
+    _check_range(source, "runs.log_max_bytes", settings.runs.log_max_bytes, 1024, 256 * 1024 * 1024)
     _check_range(source, "monitoring.callback_timeout", settings.monitoring.callback_timeout, 0.01, 3600)
     _check_range(source, "retry.backoff_initial", retry.backoff_initial, 0, 86400 * 30)
     _check_range(source, "retry.backoff_max", retry.backoff_max, 0, 86400 * 30)
@@ -310,6 +322,13 @@ def check_queue_name(name: str, allowed: tuple[str, ...], where: str = "queue") 
 def is_id(text: str) -> bool:
     """All ASCII digits: an id (`١` and other digits are not)."""
     return text.isascii() and text.isdigit()
+
+
+def parse_id(text: str, what: str) -> int:
+    """A `what` id given on the command line: ASCII digits."""
+    if not is_id(text):
+        raise DfjobError(f"a {what} id is a number in ASCII digits, not {text!r}")
+    return int(text)
 
 
 def check_flow_name(name: str) -> str:

@@ -17,6 +17,8 @@ from dfjob.models import DataFlow, DataFlowRun, Job
 from dfjob.store.rows import JobStatus, RunStatus
 
 RUN_STATUSES = tuple(RunStatus)
+# Beyond this many rows, a total is shown as "more than".
+COUNT_CAP = 100_000
 JOB_STATUSES = tuple(JobStatus)
 # The words people use for the same outcome, on either list.
 _SYNONYMS = {"success": ("success", "succeeded"), "succeeded": ("success", "succeeded")}
@@ -40,17 +42,15 @@ def check_limit(limit: int) -> None:
         raise DfjobError(f"--limit must be at least 1, not {limit}")
 
 
-def list_runs(
+def runs_query(
     flow_id: int | None = None,
     status: Sequence[str] | None = None,
-    limit: int = 50,
     since: datetime | None = None,
     before_id: int | None = None,
     job_id: int | None = None,
-) -> list[dict[str, Any]]:
-    """Runs, newest first (highest id first)."""
+) -> Any:
+    """Runs that pass the filters (not ordered)."""
     wanted = statuses(status, RUN_STATUSES, "run")
-    check_limit(limit)
     query = _runs()
     if flow_id is not None:
         query = query.where(DataFlowRun.data_flow == flow_id)
@@ -62,20 +62,32 @@ def list_runs(
         query = query.where(DataFlowRun.created_at >= since)
     if before_id is not None:
         query = query.where(DataFlowRun.id < before_id)
-    return [run_to_dict(run) for run in query.order_by(DataFlowRun.id.desc()).limit(limit)]
+    return query
 
 
-def list_jobs(
-    queue: str | None = None,
-    status: Sequence[str] | None = None,
+def list_runs(
     flow_id: int | None = None,
+    status: Sequence[str] | None = None,
     limit: int = 50,
     since: datetime | None = None,
     before_id: int | None = None,
+    job_id: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Jobs, newest first (highest id first)."""
-    wanted = statuses(status, JOB_STATUSES, "job")
+    """Runs, newest first (highest id first)."""
     check_limit(limit)
+    query = runs_query(flow_id, status, since, before_id, job_id)
+    return [run_to_dict(run) for run in query.order_by(DataFlowRun.id.desc()).limit(limit)]
+
+
+def jobs_query(
+    queue: str | None = None,
+    status: Sequence[str] | None = None,
+    flow_id: int | None = None,
+    since: datetime | None = None,
+    before_id: int | None = None,
+) -> Any:
+    """Jobs that pass the filters (not ordered)."""
+    wanted = statuses(status, JOB_STATUSES, "job")
     query = Job.select(Job, DataFlow.id, DataFlow.name).join(DataFlow)
     if queue is not None:
         query = query.where(Job.queue == queue)
@@ -87,7 +99,27 @@ def list_jobs(
         query = query.where(Job.created_at >= since)
     if before_id is not None:
         query = query.where(Job.id < before_id)
+    return query
+
+
+def list_jobs(
+    queue: str | None = None,
+    status: Sequence[str] | None = None,
+    flow_id: int | None = None,
+    limit: int = 50,
+    since: datetime | None = None,
+    before_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """Jobs, newest first (highest id first)."""
+    check_limit(limit)
+    query = jobs_query(queue, status, flow_id, since, before_id)
     return [job_to_dict(job) for job in query.order_by(Job.id.desc()).limit(limit)]
+
+
+def count(query: Any, cap: int = COUNT_CAP) -> int:
+    """How many rows `query` matches, counting at most `cap + 1` of them (a text table's "showing
+    50 of N" must not cost a scan of the whole history)."""
+    return int(query.limit(cap + 1).count())
 
 
 def get_job(job_id: int, with_runs: bool = False) -> dict[str, Any]:
@@ -137,6 +169,10 @@ def run_to_dict(run: DataFlowRun) -> dict[str, Any]:
         "worker": run.worker,
         "scheduled_for": clock.iso(run.job.scheduled_for),
         "triggered_by": run.job.triggered_by,
+        "log_bytes": run.log_bytes,
+        "log_dropped_bytes": run.log_dropped_bytes,
+        "cpu_seconds": run.cpu_seconds,
+        "max_rss_kb": run.max_rss_kb,
     }
 
 
@@ -163,4 +199,5 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "scheduled_for": clock.iso(job.scheduled_for),
         "triggered_by": job.triggered_by,
         "upstream_job_id": job.upstream_job_id,
+        "cancel_requested": bool(job.cancel_requested),
     }

@@ -18,7 +18,7 @@ from datetime import datetime
 from dfjob import clock, events
 from dfjob.config import RetrySettings
 from dfjob.store import store
-from dfjob.store.rows import Rescued
+from dfjob.store.rows import JobStatus, Rescued
 
 
 class LeaseKeeper:
@@ -39,10 +39,11 @@ class LeaseKeeper:
     def next_renewal(self) -> float:
         return self._next_renewal
 
-    def renew(self, leases: Sequence[tuple[int, str]]) -> tuple[set[int], float]:
-        """Renew the leases (job id, token) still ours; returns the job ids renewed and the new fence."""
+    def renew(self, leases: Sequence[tuple[int, str]]) -> tuple[dict[int, bool], float]:
+        """Renew the leases (job id, token) still ours; returns the job ids renewed (each with
+        whether it was asked to stop) and the new fence."""
         sent = time.monotonic()
-        held = store().renew(leases, clock.now(), self.lease_seconds) if leases else set()
+        held = store().renew(leases, clock.now(), self.lease_seconds) if leases else {}
         self._next_renewal = sent + self.renew_every
         return held, self.fence(sent)
 
@@ -60,4 +61,13 @@ def take_back_expired(now: datetime, retry: RetrySettings) -> list[Rescued]:
             lost_worker=job.lost_worker,
             will_retry=job.will_retry,
         )
+        if job.job_status == JobStatus.CANCELLED:
+            # Asked to stop while its worker was gone: it ends as asked.
+            events.emit(
+                events.JOB_CANCELLED,
+                job_id=job.job_id,
+                data_flow_id=job.data_flow_id,
+                data_flow_name=job.data_flow_name,
+                run_id=job.run_id,
+            )
     return rescued

@@ -98,6 +98,8 @@ class DataFlow(BaseModel):
     late_after_seconds = peewee.IntegerField(null=True)
     # The latest slot the schedule enqueued: catch-up resumes after it.
     last_scheduled_for = UTCDateTimeField(null=True)
+    failure_streak = peewee.IntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
+    last_success_at = UTCDateTimeField(null=True)
 
     class Meta:
         table_name = "data_flows"
@@ -126,6 +128,7 @@ class Job(BaseModel):
     triggered_by = peewee.CharField(max_length=16, default="trigger", constraints=[peewee.SQL("DEFAULT 'trigger'")])
     upstream_job_id = peewee.BigIntegerField(null=True)
     run_limit_id = peewee.BigIntegerField(null=True)
+    cancel_requested = peewee.BooleanField(default=False, constraints=[peewee.SQL("DEFAULT FALSE")])
 
     class Meta:
         table_name = "jobs"
@@ -148,9 +151,41 @@ class DataFlowRun(BaseModel):
     error_message = peewee.TextField(null=True)
     error_backtrace = peewee.TextField(null=True)
     result = JSONTextField(null=True)
+    log_bytes = peewee.IntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
+    log_dropped_bytes = peewee.IntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
+    cpu_seconds = peewee.FloatField(null=True)
+    max_rss_kb = peewee.IntegerField(null=True)
 
     class Meta:
         table_name = "data_flow_runs"
+
+
+class RunLog(BaseModel):
+    """One line an attempt printed (`stdout`, `stderr`) or logged (`log`), numbered in order (`seq`),
+    from the head or the tail of its output."""
+
+    id = IdField()
+    run = peewee.ForeignKeyField(DataFlowRun, on_delete="CASCADE", index=False)
+    run_id: int
+    seq = peewee.IntegerField()
+    at = UTCDateTimeField()
+    stream = peewee.CharField(max_length=8)
+    text = peewee.TextField()
+    part = peewee.CharField(max_length=4)
+
+    class Meta:
+        table_name = "run_logs"
+
+
+class QueueState(BaseModel):
+    """A queue an operator paused (or resumed): its jobs wait until it is resumed."""
+
+    name = peewee.CharField(max_length=64, primary_key=True)
+    paused = peewee.BooleanField()
+    changed_at = UTCDateTimeField()
+
+    class Meta:
+        table_name = "queue_states"
 
 
 class RunLimit(BaseModel):
@@ -212,7 +247,9 @@ class SchemaVersion(BaseModel):
         table_name = "dfjob_schema"
 
 
-MODELS: list[type[BaseModel]] = [DataFlow, Job, DataFlowRun, WorkerRecord, SchemaVersion, RunLimit, FlowUpstream]
+MODELS: list[type[BaseModel]] = [
+    DataFlow, Job, DataFlowRun, WorkerRecord, SchemaVersion, RunLimit, FlowUpstream, RunLog, QueueState,
+]  # fmt: skip
 
 
 def _use_schema(database: peewee.Database) -> None:
@@ -240,6 +277,11 @@ INDEXES = [
     "CREATE INDEX IF NOT EXISTS jobs_flow_slot ON dfjob.jobs (data_flow_id, scheduled_for)",
     "CREATE UNIQUE INDEX IF NOT EXISTS run_limits_flow ON dfjob.run_limits (data_flow_id) WHERE kind = 'flow'",
     "CREATE INDEX IF NOT EXISTS flow_upstreams_upstream ON dfjob.flow_upstreams (upstream_id)",
+    "CREATE INDEX IF NOT EXISTS run_logs_run ON dfjob.run_logs (run_id, seq)",
+    # The status screen: running jobs by queue, recent failures, without reading the history.
+    "CREATE INDEX IF NOT EXISTS jobs_running ON dfjob.jobs (queue) WHERE status = 'running'",
+    "CREATE INDEX IF NOT EXISTS runs_failed ON dfjob.data_flow_runs (id) WHERE status = 'failed'",
+    "CREATE INDEX IF NOT EXISTS jobs_failed ON dfjob.jobs (finished_at, queue) WHERE status = 'failed'",
     # Rescue looks only at running jobs whose lease ran out.
     "CREATE INDEX IF NOT EXISTS jobs_lease ON dfjob.jobs (lease_expires_at) WHERE status = 'running'",
     "CREATE INDEX IF NOT EXISTS jobs_flow ON dfjob.jobs (data_flow_id, id)",

@@ -39,6 +39,8 @@ def decide(
     """What the attempt numbered `attempt` (of `max_attempts`), ended at `ended_at`, does to its job."""
     if succeeded:
         return Decision(JobStatus.SUCCEEDED, False, None)
+    if retry == Retry.CANCEL:
+        return Decision(JobStatus.CANCELLED, False, None)
     if retry == Retry.NOW:
         return Decision(JobStatus.QUEUED, True, ended_at)
     if retry == Retry.NORMAL and attempt < max_attempts:

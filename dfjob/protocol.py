@@ -92,6 +92,19 @@ class Started(Message):
 
 
 @dataclass(frozen=True)
+class Log(Message):
+    """Lines the attempt wrote: [seq, at, stream, text, part] each (part: `head` or `tail`); tail
+    lines before `drop_tail_before` fell out of the kept window; totals of what is kept and cut."""
+
+    type: ClassVar[str] = "log"
+    run_id: int
+    lines: list[list[Any]]
+    drop_tail_before: int | None = None
+    log_bytes: int = 0
+    dropped_bytes: int = 0
+
+
+@dataclass(frozen=True)
 class Ended(Message):
     """How the attempt ended. `leftovers`: processes it started are still running."""
 
@@ -120,7 +133,7 @@ class Fenced(Message):
     detail: str = ""
 
 
-MESSAGES: dict[str, type[Message]] = {cls.type: cls for cls in (Run, Renew, Ready, Started, Ended, Fenced)}
+MESSAGES: dict[str, type[Message]] = {cls.type: cls for cls in (Run, Renew, Ready, Started, Log, Ended, Fenced)}
 
 
 def encode(message: Message) -> bytes:

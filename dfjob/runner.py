@@ -33,11 +33,14 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from dfjob import protocol
+from dfjob.capture import FLUSH_SECONDS, PARTIAL_SECONDS, Capture, LogFile, Redirect, StreamWriter, flush_stdio
 from dfjob.events import configure_logging
 from dfjob.flow import ClassPathRefused, Discard, add_import_paths, bound_logger, load_flow_class
 from dfjob.schedule import format_duration
@@ -212,11 +215,16 @@ def check_result(result: Any, max_bytes: int) -> dict[str, Any] | None:
     return storable_json(result)  # type: ignore[no-any-return]
 
 
-def run_attempt(job: protocol.Job, allowed_modules: tuple[str, ...], max_result_bytes: int) -> dict[str, Any]:
-    """Run one attempt and describe its outcome; never raises."""
-    log = bound_logger(
-        data_flow_id=job.data_flow_id, data_flow_name=job.data_flow_name, job_id=job.job_id, run_id=job.run_id
-    )
+def run_attempt(
+    job: protocol.Job, allowed_modules: tuple[str, ...], max_result_bytes: int, log_file: Any = None
+) -> dict[str, Any]:
+    """Run one attempt and describe its outcome; never raises. The flow's `self.log` writes JSON
+    lines to `log_file` (the run's log), else through the process's structlog configuration."""
+    context = {
+        "data_flow_id": job.data_flow_id, "data_flow_name": job.data_flow_name, "job_id": job.job_id,
+        "run_id": job.run_id,
+    }  # fmt: skip
+    log = bound_logger(**context) if log_file is None else flow_logger(log_file, context)
     try:
         flow_class = load_flow_class(job.class_path, allowed_modules)
         flow = flow_class(job.configuration, job.params, log)
@@ -238,6 +246,30 @@ def run_attempt(job: protocol.Job, allowed_modules: tuple[str, ...], max_result_
         return {"status": "failed", "retry": "never", "error_message": storable(f"result: {exc}")}
 
 
+def flow_logger(log_file: Any, context: dict[str, Any]) -> Any:
+    """A structlog logger for a flow, bound with `context`, that writes one line per event into its
+    run's log: `info rows.loaded rows=120 table="orders"` (the run already says which flow, job and
+    run, and each line has its time)."""
+    return structlog.wrap_logger(
+        structlog.PrintLogger(log_file),
+        processors=[structlog.processors.add_log_level, _render_without(set(context))],
+        context_class=dict,
+    ).bind(**context)
+
+
+def _render_without(bound: set[str]) -> Callable[[Any, str, MutableMapping[str, Any]], str]:
+    def render(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
+        level, event = event_dict.pop("level", method), event_dict.pop("event", "")
+        pairs = " ".join(
+            f"{key}={json.dumps(value, ensure_ascii=False, default=str)}"
+            for key, value in event_dict.items()
+            if key not in bound
+        )
+        return f"{level} {event} {pairs}".rstrip()
+
+    return render
+
+
 class Runner:
     """The runner's main loop: take a job, run it, report; the control thread feeds it."""
 
@@ -247,6 +279,30 @@ class Runner:
         self.max_result_bytes = int(settings.get("max_result_bytes", 1024 * 1024))
         self.jobs: queue.SimpleQueue[protocol.Run] = queue.SimpleQueue()
         self.watchdog = Watchdog(_fence_and_die(channel))
+        self.capture = Capture(int(settings.get("log_max_bytes", 1024 * 1024)))
+        # What the attempt (and anything it starts) writes to stdout and stderr is its run's log.
+        # Programs it starts write to the pipes behind fds 1 and 2; Python code writes to streams
+        # that make lines at once, so prints, log events and both streams keep their order.
+        self.redirects = [Redirect(1, "stdout", self.capture), Redirect(2, "stderr", self.capture)]
+        self.writers = [
+            StreamWriter(fd, pipe.stream, self.capture, self.redirects)
+            for fd, pipe in ((1, self.redirects[0]), (2, self.redirects[1]))
+        ]
+        sys.stdout, sys.stderr = self.writers
+        self.sending_logs = threading.Lock()
+        threading.Thread(target=self._send_logs, name="dfjob-logs", daemon=True).start()
+
+    def _send_logs(self) -> None:
+        """Every half second, what the attempt wrote since: `runs logs --follow` shows it live."""
+        while True:
+            time.sleep(FLUSH_SECONDS)
+            with self.sending_logs:
+                for writer in self.writers:
+                    writer.hand_over_partial(older_than=PARTIAL_SECONDS)
+                message = self.capture.take()
+                if message is not None:
+                    with contextlib.suppress(OSError):
+                        self.channel.send(message)
 
     def control(self) -> None:
         """The control thread: messages from the supervisor; exits the process when it is gone."""
@@ -270,11 +326,21 @@ class Runner:
             job = order.job
             _reset_peak_rss()
             cpu_before = _cpu_seconds()
+            self.capture.begin(job.run_id)
             started = time.monotonic()
             self.watchdog.begin(job.timeout_seconds)
             self.channel.send(protocol.Started(run_id=job.run_id, at=started))
-            outcome = run_attempt(job, self.allowed, self.max_result_bytes)
+            outcome = run_attempt(job, self.allowed, self.max_result_bytes, LogFile(self.capture, self.redirects))
             self.watchdog.release()
+            flush_stdio()
+            for redirect in self.redirects:
+                redirect.drain()
+            for writer in self.writers:
+                writer.hand_over_partial()
+            with self.sending_logs:  # lines taken by the log thread go out before `Ended`
+                last = self.capture.end()
+                if last is not None:
+                    self.channel.send(last)
             self.channel.send(
                 protocol.Ended(
                     run_id=job.run_id,

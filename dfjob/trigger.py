@@ -8,10 +8,10 @@ from typing import Any
 from dfjob import clock, events
 from dfjob.config import Settings, check_json_object, check_queue_name, parse_json_object
 from dfjob.errors import DfjobError
-from dfjob.models import DataFlow
+from dfjob.models import DataFlow, Job
 from dfjob.registry import check_priority, get_flow
 from dfjob.store import job_key, store
-from dfjob.store.rows import Enqueued, JobRequest, TriggeredBy
+from dfjob.store.rows import Enqueued, JobRequest, JobStatus, TriggeredBy
 from dfjob.text import printable
 
 
@@ -122,6 +122,22 @@ def retry_job(job_id: int) -> Enqueued:
     enqueued = store().retry(job_id, clock.now())
     _announce(enqueued, DataFlow.get_by_id(enqueued.data_flow_id))
     return enqueued
+
+
+def cancel_job(job_id: int) -> str:
+    """Cancel a queued job at once (`job.cancelled`), or ask its worker to stop a running one (the
+    worker writes the outcome and says `job.cancelled`). Returns the job's status afterwards."""
+    status = store().cancel(job_id, clock.now())
+    if status == JobStatus.CANCELLED:
+        job = Job.select(Job, DataFlow).join(DataFlow).where(Job.id == job_id).get()
+        events.emit(
+            events.JOB_CANCELLED,
+            job_id=job_id,
+            data_flow_id=job.data_flow_id,
+            data_flow_name=job.data_flow.name,
+            queue=job.queue,
+        )
+    return status
 
 
 def _announce(enqueued: Enqueued, flow: DataFlow) -> None:

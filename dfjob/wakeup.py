@@ -42,10 +42,16 @@ def channel() -> str:
     return name
 
 
+# What a wake-up says: a queue name (a job is ready there), or CANCEL (a running job was asked to stop).
+CANCEL = "cancel"
+
+
 class Listener(Protocol):
     def fileno(self) -> int: ...
 
-    def drain(self) -> None: ...
+    def drain(self) -> set[str]:
+        """Every wake-up that arrived, read and forgotten: what they said."""
+        ...
 
     def close(self) -> None: ...
 
@@ -106,10 +112,12 @@ class SQLiteListener:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def drain(self) -> None:
+    def drain(self) -> set[str]:
+        said: set[str] = set()
         with contextlib.suppress(BlockingIOError, OSError):
-            while self.sock.recv(64):
-                pass
+            while data := self.sock.recv(64):
+                said.add(data.decode(errors="replace"))
+        return said
 
     def close(self) -> None:
         self.sock.close()
@@ -129,9 +137,8 @@ class PostgresListener:
     def fileno(self) -> int:
         return self.conn.fileno()
 
-    def drain(self) -> None:
-        for _ in self.conn.notifies(timeout=0):
-            pass
+    def drain(self) -> set[str]:
+        return {notice.payload for notice in self.conn.notifies(timeout=0)}
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -149,8 +156,8 @@ def open_listener(enabled: bool) -> Listener | None:
     return SQLiteListener(folder) if folder else None
 
 
-def wake_sqlite_workers() -> None:
-    """After an enqueue commits on SQLite: poke every idle worker of this database file."""
+def wake_sqlite_workers(said: str = "j") -> None:
+    """After an enqueue (or a cancel) commits on SQLite: poke every worker of this database file."""
     folder = sqlite_wake_dir(database_proxy.obj)
     try:
         if folder is None or not checked_folder(folder, create=False):
@@ -165,7 +172,7 @@ def wake_sqlite_workers() -> None:
         for name in names:
             with _short_path(folder, name) as address:
                 try:
-                    sender.sendto(b"j", address)
+                    sender.sendto(said.encode(), address)
                 except BlockingIOError:
                     pass  # its buffer is full of wake-ups already
                 except (ConnectionRefusedError, FileNotFoundError):

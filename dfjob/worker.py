@@ -38,7 +38,7 @@ from dfjob.pool import Lost, Received, RunnerPool, Slot
 from dfjob.schedule import format_duration
 from dfjob.stopping import StopState
 from dfjob.store import store
-from dfjob.store.rows import Claimed, ClaimRequest, Finished, Outcome, Retry, RunStatus
+from dfjob.store.rows import Claimed, ClaimRequest, Finished, JobStatus, LogWrite, Outcome, Retry, RunStatus
 
 MAX_DB_BACKOFF = 30.0
 # How long a pass waits for quick runs before writing the starts it has seen, so that a run that
@@ -116,6 +116,8 @@ class Worker:
         self._listener: wakeup.Listener | None = None
         self._said_stopping = False
         self._registered = False
+        # A wake-up said a running job was asked to stop: look whether it is one of ours.
+        self._cancel_asked = False
         self._last_claim = 0.0
         self._claim_held_until: float | None = None
 
@@ -177,6 +179,10 @@ class Worker:
                 self._renew()
             if self._claims_unsure:
                 self._put_back_lost_claims()
+            if self._cancel_asked:
+                self._cancel_asked = False
+                busy = [slot.job.job_id for slot in self.pool.busy() if slot.job is not None]
+                self._cancel(store().cancel_requested(busy))
             claimed = self._turn(now)
             if maintain:
                 self.stats.rescued += len(take_back_expired(now, self.settings.retry))
@@ -210,6 +216,15 @@ class Worker:
                 self.pool.send(slot, protocol.Renew(fence=fence))
             else:
                 events.log.warning("job.lease_lost", job_id=slot.job.job_id, worker=self.name)
+                self.pool.replace(slot)
+        self._cancel({job_id for job_id, asked in renewed.items() if asked})
+
+    def _cancel(self, job_ids: set[int]) -> None:
+        """Stop the attempts an operator asked to stop: process group and all; the job ends
+        `cancelled`, with no retry."""
+        for slot in self.pool.busy():
+            if slot.job is not None and slot.job.job_id in job_ids:
+                self._fail(slot, "cancelled", Retry.CANCEL)
                 self.pool.replace(slot)
 
     def _record_alive(self, running: list[int]) -> None:
@@ -247,14 +262,16 @@ class Worker:
         if not self.batch and request is None:
             return []
         outcomes, starts = self.batch.take()
+        logs = self.batch.take_logs()
         sent = time.monotonic()
         if request is not None:
             self._last_claim = sent
             self.stats.claim_requests += 1
         try:
-            turn = store().turn(outcomes, starts, request, self.settings.retry)
+            turn = store().turn(outcomes, starts, request, self.settings.retry, logs)
         except Exception as exc:
             self.batch.put_back(outcomes, starts)
+            self.batch.put_back_logs(logs)
             self._claims_unsure = self._claims_unsure or request is not None
             if is_connection_error(exc) or not outcomes:
                 raise
@@ -348,7 +365,17 @@ class Worker:
             job = slot.job
             if job is None or getattr(message, "run_id", None) != job.run_id:
                 continue
-            if isinstance(message, protocol.Started):
+            if isinstance(message, protocol.Log):
+                self.batch.logged(
+                    LogWrite(
+                        message.run_id,
+                        [(seq, wall_time(at), stream, text, part) for seq, at, stream, text, part in message.lines],
+                        message.drop_tail_before,
+                        message.log_bytes,
+                        message.dropped_bytes,
+                    )
+                )
+            elif isinstance(message, protocol.Started):
                 self._started(slot, job, message)
             elif isinstance(message, protocol.Ended):
                 self._ended(slot, job, message)
@@ -375,6 +402,8 @@ class Worker:
                 error_message=message.error_message,
                 error_backtrace=message.error_backtrace,
                 retry=Retry(message.retry),
+                cpu_seconds=message.cpu_seconds,
+                max_rss_kb=message.max_rss_kb,
             )
         )
         slot.job = None
@@ -434,8 +463,17 @@ class Worker:
             if item.outcome.status == RunStatus.FAILED:
                 payload["error"] = item.outcome.error_message
                 # Alert on `error`: a job that failed for good; a failure that retries is a warning.
-                level = "warning" if item.will_retry else "error"
+                level = "warning" if item.will_retry or item.job_status == JobStatus.CANCELLED else "error"
             events.emit(events.JOB_FINISHED, level=level, **payload)
+            if item.job_status == JobStatus.CANCELLED:
+                events.emit(
+                    events.JOB_CANCELLED,
+                    job_id=job.job_id,
+                    data_flow_id=job.data_flow_id,
+                    data_flow_name=job.data_flow_name,
+                    queue=job.queue,
+                    run_id=job.run_id,
+                )
 
     # -- waiting -------------------------------------------------------------------------------
 
@@ -472,9 +510,11 @@ class Worker:
         ready: list[Any] = wait(watched, timeout)
         if self._listener is not None and self._listener in ready:
             try:
-                self._listener.drain()
+                said = self._listener.drain()
             except Exception:  # noqa: BLE001 (the listening connection broke; reopen it later)
                 self._close_listener()
+            else:
+                self._cancel_asked = self._cancel_asked or wakeup.CANCEL in said
         if self.stop.wake_fd in ready:
             self.stop.drain()
 
@@ -513,6 +553,7 @@ class Worker:
             "log_format": events.resolved_format(settings.log.format),
             "log_level": settings.log.level,
             "max_result_bytes": settings.worker.max_result_bytes,
+            "log_max_bytes": settings.runs.log_max_bytes,
             "max_frame": 1 << 16,
         }
 

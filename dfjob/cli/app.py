@@ -64,12 +64,7 @@ class App:
         """
         settings = self.settings
         if not self._open:
-            level = settings.log.level
-            if not daemon and events.resolved_format(settings.log.format) == "console" and level != "debug":
-                # At a terminal a command's own line says what happened; its lifecycle events
-                # (still given to callbacks, and to JSON logs) would only say it twice.
-                level = max(level, "warning", key=LOG_LEVELS.index)
-            events.configure_logging(settings.log.format, level)
+            self.configure_logging(daemon)
             # Flow folders first: monitoring callbacks may live there too.
             add_import_paths(tuple(resolve_path(settings, path) for path in settings.flows.paths))
             events.load_callbacks(settings)
@@ -77,6 +72,15 @@ class App:
             dbclock.sync()
             self._open = True
         return settings
+
+    def configure_logging(self, daemon: bool) -> None:
+        settings = self.settings
+        level = settings.log.level
+        if not daemon and events.resolved_format(settings.log.format) == "console" and level != "debug":
+            # At a terminal a command's own line says what happened; its lifecycle events
+            # (still given to callbacks, and to JSON logs) would only say it twice.
+            level = max(level, "warning", key=LOG_LEVELS.index)
+        events.configure_logging(settings.log.format, level)
 
     def _prepare(self, writes: bool, daemon: bool, network_timeout: float) -> None:
         """Open the database and check its schema. A daemon whose database cannot be reached

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from dfjob import clock
 from dfjob.db import advisory_key, pg_schema, write_transaction
 from dfjob.errors import DfjobError
-from dfjob.migrations import m0002_own_schema, m0003_workers, m0004_flows_as_data
+from dfjob.migrations import m0002_own_schema, m0003_workers, m0004_flows_as_data, m0005_operator_view
 from dfjob.models import create_latest, to_db_time
 from dfjob.sql import execute
 
@@ -46,6 +46,7 @@ STEPS: tuple[Step, ...] = (
     Step(2, m0002_own_schema.NAME, m0002_own_schema.sqlite, m0002_own_schema.postgres),
     Step(3, m0003_workers.NAME, m0003_workers.sqlite, m0003_workers.postgres),
     Step(4, m0004_flows_as_data.NAME, m0004_flows_as_data.sqlite, m0004_flows_as_data.postgres),
+    Step(5, m0005_operator_view.NAME, m0005_operator_view.sqlite, m0005_operator_view.postgres),
 )
 LATEST = STEPS[-1].version
 # Version 1 kept its tables in Postgres's `public` schema; they move in step 2.

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 import peewee
 
-from dfjob import clock, policy
+from dfjob import clock, policy, wakeup
 from dfjob.config import RetrySettings
 from dfjob.db import is_postgres, write_transaction
 from dfjob.errors import DfjobError
@@ -46,6 +46,7 @@ from dfjob.store.rows import (
     Finished,
     JobRequest,
     JobStatus,
+    LogWrite,
     Outcome,
     Rescued,
     Retry,
@@ -240,8 +241,8 @@ class Store(ABC):
         """Inside an enqueue's transaction: wake idle workers of `queue` once it commits."""
 
     @abstractmethod
-    def wake_after_commit(self) -> None:
-        """After an enqueue committed: wake idle workers where the database cannot do it itself."""
+    def wake_after_commit(self, said: str = "j") -> None:
+        """After an enqueue (or a cancel) committed: wake workers where the database cannot do it itself."""
 
     # -- the heartbeat's statements -------------------------------------------------------------
 
@@ -295,10 +296,15 @@ class Store(ABC):
 
     @abstractmethod
     def turn(
-        self, outcomes: Sequence[Outcome], starts: Sequence[Start], request: ClaimRequest | None, retry: RetrySettings
+        self,
+        outcomes: Sequence[Outcome],
+        starts: Sequence[Start],
+        request: ClaimRequest | None,
+        retry: RetrySettings,
+        logs: Sequence[LogWrite] = (),
     ) -> Turn:
-        """Mark the runs that started, record the attempts that ended, then claim more jobs, in
-        one round trip (Postgres) or one transaction (SQLite).
+        """Write what attempts printed, mark the runs that started, record the attempts that
+        ended, then claim more jobs, in one round trip (Postgres) or one transaction (SQLite).
 
         A run's start is written before its end, so a run that started and ended between two
         turns still gets its `started_at`.
@@ -325,6 +331,7 @@ class Store(ABC):
             job.job_id, job.lease_token, job.run_id, job.data_flow_id, str(decision.job_status),
             to_db_time(decision.retry_at), finished_at, error, str(outcome.status), to_db_time(outcome.started_at),
             ended, duration_ms, None if outcome.result is None else dump_json(outcome.result), error, backtrace,
+            outcome.cpu_seconds, outcome.max_rss_kb,
         )  # fmt: skip
         finished = Finished(outcome, decision.job_status, decision.will_retry, duration_ms, decision.retry_at)
         return finished, row
@@ -359,6 +366,23 @@ class Store(ABC):
         )
         params = [retry.max_attempts, stamp, stamp, params_key({}), *ids, "1970-01-01 00:00:00.000000"]
         return sql, params
+
+    @staticmethod
+    def _flow_rows(planned: Sequence[tuple[Finished, Any]]) -> list[tuple[Any, ...]]:
+        """Per flow, what a batch of outcomes does to it: (flow id, last run status, 1 if its
+        failure streak starts over, failures to add, last success). The streak counts the
+        failures in a row up to the latest run."""
+        flows: dict[int, list[Outcome]] = {}
+        for item, _ in planned:
+            flows.setdefault(item.outcome.job.data_flow_id, []).append(item.outcome)
+        rows = []
+        for flow_id, outcomes in flows.items():
+            outcomes.sort(key=lambda outcome: outcome.ended_at)
+            successes = [index for index, outcome in enumerate(outcomes) if outcome.status == RunStatus.SUCCESS]
+            after = outcomes[successes[-1] + 1 :] if successes else outcomes
+            last_success = to_db_time(outcomes[successes[-1]].ended_at) if successes else None
+            rows.append((flow_id, str(outcomes[-1].status), int(bool(successes)), len(after), last_success))
+        return rows
 
     @staticmethod
     def _stale(planned: Sequence[tuple[Finished, Any]], changed: set[int]) -> list[Finished]:
@@ -413,9 +437,10 @@ class Store(ABC):
     # -- leases --------------------------------------------------------------------------------
 
     @abstractmethod
-    def renew(self, leases: Sequence[tuple[int, str]], now: datetime, lease_seconds: float) -> set[int]:
-        """Extend the leases (job id, lease token) that are still what they were: returns the
-        job ids renewed. A lease taken back, or taken back and claimed again, is not renewed."""
+    def renew(self, leases: Sequence[tuple[int, str]], now: datetime, lease_seconds: float) -> dict[int, bool]:
+        """Extend the leases (job id, lease token) that are still what they were: returns the job
+        ids renewed, each with whether an operator asked it to stop. A lease taken back, or taken
+        back and claimed again, is not renewed."""
 
     def release_lost_claims(self, worker: str, keep_tokens: Sequence[str]) -> set[int]:
         """Put back jobs claimed in `worker`'s name whose lease token it does not know: a round
@@ -452,7 +477,8 @@ class Store(ABC):
             self.limit_transaction()
             # Only the job rows are locked: a flow row locked here would make a heartbeat wait.
             rows = execute(
-                "SELECT jobs.id, jobs.data_flow_id, jobs.attempts, jobs.max_attempts, jobs.locked_by, data_flows.name"
+                "SELECT jobs.id, jobs.data_flow_id, jobs.attempts, jobs.max_attempts, jobs.locked_by, data_flows.name,"
+                " jobs.cancel_requested"
                 " FROM dfjob.jobs JOIN dfjob.data_flows ON data_flows.id = jobs.data_flow_id"
                 " WHERE jobs.status = 'running' AND jobs.lease_expires_at < ?"
                 f" ORDER BY jobs.id LIMIT ?{self.rescue_lock}",
@@ -472,6 +498,7 @@ class Store(ABC):
         max_attempts: int,
         locked_by: str | None,
         flow_name: str,
+        cancel_requested: bool,
     ) -> Rescued:
         """Inside the rescue's transaction: end one lost attempt and move its job on."""
         stamp = to_db_time(now)
@@ -496,7 +523,7 @@ class Store(ABC):
             succeeded=False,
             attempt=attempts,
             max_attempts=max_attempts,
-            retry=Retry.NORMAL,
+            retry=Retry.CANCEL if cancel_requested else Retry.NORMAL,
             ended_at=now,
             settings=retry,
         )
@@ -507,7 +534,10 @@ class Store(ABC):
             f" {release} WHERE id = ?",
             (str(decision.job_status), to_db_time(decision.retry_at), finished_at, message, job_id),
         )
-        execute("UPDATE dfjob.data_flows SET last_run_status = 'failed' WHERE id = ?", (flow_id,))
+        execute(
+            "UPDATE dfjob.data_flows SET last_run_status = 'failed', failure_streak = failure_streak + 1 WHERE id = ?",
+            (flow_id,),
+        )
         return Rescued(job_id, run_id, flow_id, flow_name, lost, decision.job_status, decision.will_retry)
 
     def set_flow_limit(self, data_flow_id: int, max_running: int, now: datetime) -> None:
@@ -559,24 +589,56 @@ class Store(ABC):
 
     # -- the operator's changes ----------------------------------------------------------------
 
-    def cancel(self, job_id: int, now: datetime) -> None:
-        """A queued job becomes `cancelled`; anything else is refused."""
+    def cancel(self, job_id: int, now: datetime) -> str:
+        """A queued job becomes `cancelled`; a running one is asked to stop (`cancel_requested`):
+        its worker stops the attempt and writes it so, and is woken to do it at once. Returns the
+        job's status afterwards; a job that has ended is refused."""
         with write_transaction():
             row = execute("SELECT status, data_flow_id FROM dfjob.jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise DfjobError(f"no job with id {job_id}")
-            if row[0] != JobStatus.QUEUED:
-                raise DfjobError(f"job {job_id} is {row[0]}; only a queued job can be cancelled")
+            running = row[0] == JobStatus.RUNNING
+            if running:
+                execute("UPDATE dfjob.jobs SET cancel_requested = TRUE WHERE id = ? AND status = 'running'", (job_id,))
+                self.notify(wakeup.CANCEL)
+            elif row[0] == JobStatus.QUEUED:
+                execute(
+                    "UPDATE dfjob.jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = 'queued'",
+                    (to_db_time(now), job_id),
+                )
+                # The flow is no longer in progress: show the outcome of its latest run again.
+                execute(
+                    "UPDATE dfjob.data_flows SET last_run_status = (SELECT status FROM dfjob.data_flow_runs"
+                    " WHERE data_flow_id = ? ORDER BY id DESC LIMIT 1) WHERE id = ?",
+                    (row[1], row[1]),
+                )
+            else:
+                raise DfjobError(f"job {job_id} is {row[0]}; only a queued or running job can be cancelled")
+        if running:
+            self.wake_after_commit(wakeup.CANCEL)  # its worker, if on this host (SQLite)
+            return JobStatus.RUNNING
+        return JobStatus.CANCELLED
+
+    def set_paused(self, queue: str, paused: bool, now: datetime) -> None:
+        """Pause a queue (its jobs stay queued, unclaimed) or resume it (workers are woken)."""
+        with write_transaction():
             execute(
-                "UPDATE dfjob.jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = 'queued'",
-                (to_db_time(now), job_id),
+                "INSERT INTO dfjob.queue_states (name, paused, changed_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, changed_at = excluded.changed_at",
+                (queue, paused, to_db_time(now)),
             )
-            # The flow is no longer in progress: show the outcome of its latest run again.
-            execute(
-                "UPDATE dfjob.data_flows SET last_run_status = (SELECT status FROM dfjob.data_flow_runs"
-                " WHERE data_flow_id = ? ORDER BY id DESC LIMIT 1) WHERE id = ?",
-                (row[1], row[1]),
-            )
+            if not paused:
+                self.notify(queue)
+        if not paused:
+            self.wake_after_commit()
+
+    def cancel_requested(self, job_ids: Sequence[int]) -> set[int]:
+        """The jobs among these an operator asked to stop."""
+        if not job_ids:
+            return set()
+        where, params = self.in_values("id", job_ids)
+        rows = execute(f"SELECT id FROM dfjob.jobs WHERE {where} AND cancel_requested", params).fetchall()
+        return {row[0] for row in rows}
 
     def retry(self, job_id: int, now: datetime) -> Enqueued:
         """A failed or cancelled job goes back to `queued`, to run now, with fresh attempts."""

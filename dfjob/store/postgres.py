@@ -17,14 +17,20 @@ from dfjob.db import statement_limit_ms
 from dfjob.models import to_db_time
 from dfjob.sql import execute, pipeline
 from dfjob.store import Start, Store, claim_candidates
-from dfjob.store.rows import ClaimRequest, Downstream, Outcome, Turn
+from dfjob.store.rows import ClaimRequest, Downstream, LogWrite, Outcome, Turn
 
 # One outcome per row of `unnest`: one array per column.
 FINISH_COLUMNS = (
     ("id", "bigint"), ("token", "text"), ("run_id", "bigint"), ("flow_id", "bigint"), ("job_status", "text"),
     ("run_at", "timestamp"), ("finished_at", "timestamp"), ("last_error", "text"), ("run_status", "text"),
     ("started_at", "timestamp"), ("ended_at", "timestamp"), ("duration_ms", "integer"), ("result", "text"),
-    ("error_message", "text"), ("error_backtrace", "text"),
+    ("error_message", "text"), ("error_backtrace", "text"), ("cpu_seconds", "double precision"),
+    ("max_rss_kb", "integer"),
+)  # fmt: skip
+# One flow per row: what the batch does to it (see `Store._flow_rows`).
+FLOW_COLUMNS = (
+    ("flow_id", "bigint"), ("run_status", "text"), ("restart", "integer"), ("failures", "integer"),
+    ("success_at", "timestamp"),
 )  # fmt: skip
 # Runs and flows change only where the fenced jobs update did (the `j` join).
 FINISH = (
@@ -40,9 +46,18 @@ FINISH = (
     " r AS (UPDATE dfjob.data_flow_runs SET status = v.run_status,"
     "  started_at = COALESCE(data_flow_runs.started_at, v.started_at), ended_at = v.ended_at,"
     "  duration_ms = v.duration_ms, result = v.result, error_message = v.error_message,"
-    "  error_backtrace = v.error_backtrace FROM v JOIN j ON j.id = v.id WHERE data_flow_runs.id = v.run_id),"
-    " f AS (UPDATE dfjob.data_flows SET last_run_status = v.run_status FROM v JOIN j ON j.id = v.id"
-    "  WHERE data_flows.id = v.flow_id)"
+    "  error_backtrace = v.error_backtrace, cpu_seconds = v.cpu_seconds, max_rss_kb = v.max_rss_kb"
+    "  FROM v JOIN j ON j.id = v.id WHERE data_flow_runs.id = v.run_id),"
+    " fl AS (SELECT * FROM unnest("
+    + ", ".join(f"CAST(? AS {kind}[])" for _, kind in FLOW_COLUMNS)
+    + ") AS fl("
+    + ", ".join(name for name, _ in FLOW_COLUMNS)
+    + ")),"
+    " f AS (UPDATE dfjob.data_flows SET last_run_status = fl.run_status,"
+    "  failure_streak = CASE WHEN fl.restart = 1 THEN fl.failures ELSE data_flows.failure_streak + fl.failures END,"
+    "  last_success_at = COALESCE(fl.success_at, data_flows.last_success_at)"
+    "  FROM fl WHERE data_flows.id = fl.flow_id AND EXISTS (SELECT 1 FROM v JOIN j ON j.id = v.id"
+    "  WHERE v.flow_id = fl.flow_id))"
     " SELECT id FROM j"
 )
 # A claim is two statements in the turn's transaction. LOCK_LIMITS stamps, with this turn's token,
@@ -50,12 +65,14 @@ FINISH = (
 # free, skipping limits another claim holds. CLAIM then counts the running jobs of those limits
 # afresh (its snapshot is taken after the locks) and claims as many of their jobs as each limit
 # allows, in (priority, run_at, id) order: lock and update the jobs, create their pending runs, and
-# return them joined with their flows. A job without a limit counts toward none.
+# return them joined with their flows. A job without a limit counts toward none. A paused queue's
+# jobs are skipped by the claim itself, so a pause holds from every worker's next claim on.
 # LOCK_LIMITS parameters: token, queues, now, candidates.
 LOCK_LIMITS = (
     "UPDATE dfjob.run_limits SET claim_token = ? WHERE id IN (SELECT l.id FROM dfjob.run_limits l WHERE l.id IN"
     " (SELECT j.run_limit_id FROM dfjob.jobs j WHERE j.status = 'queued' AND j.queue = ANY(?) AND j.run_at <= ?"
     "  AND j.run_limit_id IS NOT NULL"
+    "  AND NOT EXISTS (SELECT 1 FROM dfjob.queue_states p WHERE p.name = j.queue AND p.paused)"
     "  AND (SELECT count(*) FROM dfjob.jobs r WHERE r.run_limit_id = j.run_limit_id AND r.status = 'running')"
     "   < (SELECT m.max_running FROM dfjob.run_limits m WHERE m.id = j.run_limit_id)"
     "  ORDER BY j.priority, j.run_at, j.id LIMIT ?)"
@@ -68,6 +85,7 @@ CLAIM = (
     "  AND run_limit_id IN (SELECT id FROM held) GROUP BY run_limit_id),"
     " cand AS MATERIALIZED (SELECT j.id, j.run_limit_id, j.priority, j.run_at FROM dfjob.jobs j"
     "  WHERE j.status = 'queued' AND j.queue = ANY(?) AND j.run_at <= ?"
+    "  AND NOT EXISTS (SELECT 1 FROM dfjob.queue_states p WHERE p.name = j.queue AND p.paused)"
     "  AND (j.run_limit_id IS NULL OR j.run_limit_id IN (SELECT id FROM held))"
     "  ORDER BY j.priority, j.run_at, j.id LIMIT ? FOR UPDATE OF j SKIP LOCKED),"
     " picked AS (SELECT ranked.id FROM (SELECT c.id, c.priority, c.run_at,"
@@ -109,6 +127,42 @@ ADVANCE = (
 )
 
 
+LOG_DROP = (
+    "DELETE FROM dfjob.run_logs USING unnest(CAST(? AS bigint[]), CAST(? AS integer[])) AS d(run_id, before)"
+    " WHERE run_logs.run_id = d.run_id AND run_logs.part = 'tail' AND run_logs.seq < d.before"
+)
+LOG_INSERT = (
+    "INSERT INTO dfjob.run_logs (run_id, seq, at, stream, text, part) SELECT * FROM unnest(CAST(? AS bigint[]),"
+    " CAST(? AS integer[]), CAST(? AS timestamp[]), CAST(? AS text[]), CAST(? AS text[]), CAST(? AS text[]))"
+)
+LOG_TOTALS = (
+    "UPDATE dfjob.data_flow_runs SET log_bytes = u.log_bytes, log_dropped_bytes = u.dropped"
+    " FROM unnest(CAST(? AS bigint[]), CAST(? AS integer[]), CAST(? AS integer[])) AS u(run_id, log_bytes, dropped)"
+    " WHERE data_flow_runs.id = u.run_id"
+)
+
+
+def _log_statements(logs: Sequence[LogWrite]) -> list[tuple[str, list[Any]]]:
+    """What attempts printed since the last turn: lines out of their tail window leave, new ones
+    come, the runs' totals follow."""
+    if not logs:
+        return []
+    drops = [(write.run_id, write.drop_tail_before) for write in logs if write.drop_tail_before is not None]
+    lines = [(write.run_id, *line) for write in logs for line in write.lines]
+    statements: list[tuple[str, list[Any]]] = []
+    if drops:
+        statements.append((LOG_DROP, [[run_id for run_id, _ in drops], [before for _, before in drops]]))
+    if lines:
+        columns = [list(column) for column in zip(*lines, strict=True)]
+        columns[2] = [to_db_time(at) for at in columns[2]]
+        statements.append((LOG_INSERT, columns))
+    totals = {write.run_id: (write.log_bytes, write.dropped_bytes) for write in logs}
+    statements.append(
+        (LOG_TOTALS, [list(totals), [kept for kept, _ in totals.values()], [cut for _, cut in totals.values()]])
+    )
+    return statements
+
+
 class PostgresStore(Store):
     # Skip jobs another rescuer is taking back; never lock their flows (a heartbeat would wait).
     rescue_lock = " FOR UPDATE OF jobs SKIP LOCKED"
@@ -133,15 +187,15 @@ class PostgresStore(Store):
     def in_values(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(?)", [list(values)]
 
-    def renew(self, leases: Sequence[tuple[int, str]], now: datetime, lease_seconds: float) -> set[int]:
+    def renew(self, leases: Sequence[tuple[int, str]], now: datetime, lease_seconds: float) -> dict[int, bool]:
         ids, tokens = ([lease[0] for lease in leases], [lease[1] for lease in leases])
         renew = (
             "UPDATE dfjob.jobs SET lease_expires_at = ? FROM unnest(CAST(? AS bigint[]), CAST(? AS text[]))"
             " AS v(id, token) WHERE jobs.id = v.id AND jobs.lease_token = v.token AND jobs.status = 'running'"
-            " RETURNING jobs.id",
+            " RETURNING jobs.id, jobs.cancel_requested",
             [to_db_time(now + timedelta(seconds=lease_seconds)), ids, tokens],
         )
-        return {row[0] for row in pipeline([*_limits(), renew])[-1]}
+        return {row[0]: bool(row[1]) for row in pipeline([*_limits(), renew])[-1]}
 
     def database_now(self) -> datetime | None:
         value: datetime = execute("SELECT clock_timestamp()").fetchone()[0]
@@ -154,21 +208,27 @@ class PostgresStore(Store):
     def notify(self, queue: str) -> None:
         execute("SELECT pg_notify(?, ?)", (wakeup.channel(), queue))
 
-    def wake_after_commit(self) -> None:
+    def wake_after_commit(self, said: str = "j") -> None:
         """NOTIFY already did it, on commit."""
 
     def turn(
-        self, outcomes: Sequence[Outcome], starts: Sequence[Start], request: ClaimRequest | None, retry: RetrySettings
+        self,
+        outcomes: Sequence[Outcome],
+        starts: Sequence[Start],
+        request: ClaimRequest | None,
+        retry: RetrySettings,
+        logs: Sequence[LogWrite] = (),
     ) -> Turn:
         planned = [self._plan(outcome, retry) for outcome in outcomes]
         token = self.new_token()
-        statements = _limits()
+        statements = _limits() + _log_statements(logs)
         statements += [self._mark_started_statement(run_ids, stamp) for run_ids, stamp in starts if run_ids]
         finish_at = claim_at = -1
         if planned:
             finish_at = len(statements)
             columns = [list(column) for column in zip(*(row for _, row in planned), strict=True)]
-            statements.append((FINISH, columns))
+            flows = [list(column) for column in zip(*self._flow_rows(planned), strict=True)]
+            statements.append((FINISH, columns + flows))
         succeeded = [item.outcome.job.job_id for item, _ in planned if item.job_status == "succeeded"]
         downstream_at = -1
         if any(item.outcome.job.has_downstream for item, _ in planned if item.job_status == "succeeded"):

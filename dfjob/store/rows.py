@@ -29,6 +29,7 @@ class Retry(StrEnum):
     NORMAL = "normal"  # retry while attempts are left, after the backoff
     NEVER = "never"  # fail the job now (Discard, a refused class, a bad result)
     NOW = "now"  # back to the queue at once: the attempt was interrupted, not the flow's fault
+    CANCEL = "cancel"  # an operator cancelled it: the job ends `cancelled`
 
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -119,6 +120,8 @@ class Outcome(NamedTuple):
     error_message: str | None = None
     error_backtrace: str | None = None
     retry: Retry = Retry.NORMAL
+    cpu_seconds: float | None = None
+    max_rss_kb: int | None = None
 
 
 class Finished(NamedTuple):
@@ -144,6 +147,17 @@ class Rescued(NamedTuple):
     lost_worker: str
     job_status: JobStatus
     will_retry: bool
+
+
+class LogWrite(NamedTuple):
+    """Lines an attempt wrote, to add to its run's log: (seq, at, stream, text, part) each; tail
+    lines before `drop_tail_before` leave it; `log_bytes`/`dropped_bytes` are the run's totals."""
+
+    run_id: int
+    lines: list[tuple[int, datetime, str, str, str]]
+    drop_tail_before: int | None
+    log_bytes: int
+    dropped_bytes: int
 
 
 class Downstream(NamedTuple):

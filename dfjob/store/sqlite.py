@@ -14,7 +14,7 @@ from dfjob.db import write_transaction
 from dfjob.models import to_db_time
 from dfjob.sql import execute, marks
 from dfjob.store import Start, Store, claim_candidates
-from dfjob.store.rows import ClaimRequest, Downstream, Outcome, Turn
+from dfjob.store.rows import ClaimRequest, Downstream, Finished, LogWrite, Outcome, Turn
 
 # SQLite's limit on parameters per statement is 32766; rows are written in chunks well below it.
 CHUNK = 300
@@ -28,7 +28,7 @@ ADVANCE = (
 # The columns of one outcome row, shared by the statements that record a batch of outcomes.
 FINISH_COLUMNS = (
     "id, token, run_id, flow_id, job_status, run_at, finished_at, last_error,"
-    " run_status, started_at, ended_at, duration_ms, result, error_message, error_backtrace"
+    " run_status, started_at, ended_at, duration_ms, result, error_message, error_backtrace, cpu_seconds, max_rss_kb"
 )
 FINISH_JOBS = (
     "UPDATE dfjob.jobs SET status = v.job_status, run_at = COALESCE(v.run_at, jobs.run_at),"
@@ -41,9 +41,16 @@ FINISH_RUNS = (
     "UPDATE dfjob.data_flow_runs SET status = v.run_status, started_at = COALESCE(data_flow_runs.started_at,"
     " v.started_at), ended_at = v.ended_at,"
     " duration_ms = v.duration_ms, result = v.result, error_message = v.error_message,"
-    " error_backtrace = v.error_backtrace FROM v WHERE data_flow_runs.id = v.run_id"
+    " error_backtrace = v.error_backtrace, cpu_seconds = v.cpu_seconds, max_rss_kb = v.max_rss_kb"
+    " FROM v WHERE data_flow_runs.id = v.run_id"
 )
-FINISH_FLOWS = "UPDATE dfjob.data_flows SET last_run_status = v.run_status FROM v WHERE data_flows.id = v.flow_id"
+# One row per flow (see `Store._flow_rows`).
+FINISH_FLOWS = (
+    "UPDATE dfjob.data_flows SET last_run_status = f.run_status,"
+    " failure_streak = CASE WHEN f.restart = 1 THEN f.failures ELSE data_flows.failure_streak + f.failures END,"
+    " last_success_at = COALESCE(f.success_at, data_flows.last_success_at)"
+    " FROM f WHERE data_flows.id = f.flow_id"
+)
 # The claim, inside the turn's BEGIN IMMEDIATE (one writer: counts of running jobs cannot change
 # under it). Due jobs whose run limit (`max_running`, a backfill's `--parallel`) has room, then as
 # many of each limit's as it allows, in (priority, run_at, id) order. A job without a limit counts
@@ -56,6 +63,7 @@ CLAIM = (
     "   (SELECT m.max_running FROM dfjob.run_limits m WHERE m.id = j.run_limit_id)"
     "   - (SELECT count(*) FROM dfjob.jobs r WHERE r.run_limit_id = j.run_limit_id AND r.status = 'running') AS free"
     "   FROM dfjob.jobs j WHERE j.status = 'queued' AND j.queue IN ({queues}) AND j.run_at <= ?"
+    "   AND NOT EXISTS (SELECT 1 FROM dfjob.queue_states p WHERE p.name = j.queue AND p.paused)"
     "   AND (j.run_limit_id IS NULL OR (SELECT count(*) FROM dfjob.jobs r WHERE r.run_limit_id = j.run_limit_id"
     "    AND r.status = 'running') < (SELECT m.max_running FROM dfjob.run_limits m WHERE m.id = j.run_limit_id))"
     "   ORDER BY j.priority, j.run_at, j.id LIMIT ?) AS c) AS ranked"
@@ -79,19 +87,20 @@ class SqliteStore(Store):
     def in_values(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return f"{column} IN ({marks(len(values))})", list(values)
 
-    def renew(self, leases: Sequence[tuple[int, str]], now: datetime, lease_seconds: float) -> set[int]:
+    def renew(self, leases: Sequence[tuple[int, str]], now: datetime, lease_seconds: float) -> dict[int, bool]:
         expires = to_db_time(now + timedelta(seconds=lease_seconds))
-        held: set[int] = set()
+        held: dict[int, bool] = {}
         with write_transaction():
             for start in range(0, len(leases), CHUNK):
                 chunk = leases[start : start + CHUNK]
                 rows = execute(
                     f"WITH v(id, token) AS (VALUES {', '.join(['(?, ?)'] * len(chunk))})"
                     " UPDATE dfjob.jobs SET lease_expires_at = ? FROM v WHERE jobs.id = v.id"
-                    " AND jobs.lease_token = v.token AND jobs.status = 'running' RETURNING jobs.id",
+                    " AND jobs.lease_token = v.token AND jobs.status = 'running'"
+                    " RETURNING jobs.id, jobs.cancel_requested",
                     [*(value for lease in chunk for value in lease), expires],
                 ).fetchall()
-                held.update(row[0] for row in rows)
+                held.update((row[0], bool(row[1])) for row in rows)
         return held
 
     def advance_flows(
@@ -117,20 +126,26 @@ class SqliteStore(Store):
     def notify(self, queue: str) -> None:
         """SQLite has no notifications: `wake_after_commit` pokes the workers instead."""
 
-    def wake_after_commit(self) -> None:
-        wakeup.wake_sqlite_workers()
+    def wake_after_commit(self, said: str = "j") -> None:
+        wakeup.wake_sqlite_workers(said)
 
     def turn(
-        self, outcomes: Sequence[Outcome], starts: Sequence[Start], request: ClaimRequest | None, retry: RetrySettings
+        self,
+        outcomes: Sequence[Outcome],
+        starts: Sequence[Start],
+        request: ClaimRequest | None,
+        retry: RetrySettings,
+        logs: Sequence[LogWrite] = (),
     ) -> Turn:
         planned = [self._plan(outcome, retry) for outcome in outcomes]
         token = self.new_token()
         downstream: list[Downstream] = []
         with write_transaction():
+            self._write_logs(logs)
             for run_ids, stamp in starts:
                 if run_ids:
                     execute(*self._mark_started_statement(run_ids, stamp))
-            changed = self._finish([row for _, row in planned]) if planned else set()
+            changed = self._finish(planned) if planned else set()
             succeeded = [item for item, _ in planned if item.job_status == "succeeded"]
             if any(item.outcome.job.has_downstream for item in succeeded):
                 now = request.now if request is not None else clock.now()
@@ -154,18 +169,50 @@ class SqliteStore(Store):
         names = dict(execute(f"SELECT id, name FROM dfjob.data_flows WHERE {where}", flow_ids).fetchall())
         return [Downstream(job_id, flow_id, names[flow_id], queue) for job_id, flow_id, queue in sorted(created)]
 
-    def _finish(self, rows: Sequence[tuple[Any, ...]]) -> set[int]:
+    @staticmethod
+    def _write_logs(logs: Sequence[LogWrite]) -> None:
+        """Inside the turn's transaction: see `postgres._log_statements`."""
+        for write in logs:
+            if write.drop_tail_before is not None:
+                execute(
+                    "DELETE FROM dfjob.run_logs WHERE run_id = ? AND part = 'tail' AND seq < ?",
+                    (write.run_id, write.drop_tail_before),
+                )
+            for start in range(0, len(write.lines), CHUNK):
+                chunk = write.lines[start : start + CHUNK]
+                execute(
+                    "INSERT INTO dfjob.run_logs (run_id, seq, at, stream, text, part)"
+                    f" VALUES {', '.join(['(?, ?, ?, ?, ?, ?)'] * len(chunk))}",
+                    [
+                        value
+                        for seq, at, stream, text, part in chunk
+                        for value in (write.run_id, seq, to_db_time(at), stream, text, part)
+                    ],
+                )
+            execute(
+                "UPDATE dfjob.data_flow_runs SET log_bytes = ?, log_dropped_bytes = ? WHERE id = ?",
+                (write.log_bytes, write.dropped_bytes, write.run_id),
+            )
+
+    def _finish(self, planned: Sequence[tuple[Finished, tuple[Any, ...]]]) -> set[int]:
         """Inside the turn's transaction: the jobs first, fenced by their lease tokens; then the
         runs and flows of those whose lease still held. Returns their job ids."""
+        rows = [row for _, row in planned]
         changed: set[int] = set()
         for start in range(0, len(rows), CHUNK):
             values, params = _values(rows[start : start + CHUNK])
             changed.update(row[0] for row in execute(f"{values} {FINISH_JOBS}", params).fetchall())
-        fresh = [row for row in rows if row[0] in changed]
+        fresh = [item for item in planned if item[1][0] in changed]
         for start in range(0, len(fresh), CHUNK):
-            values, params = _values(fresh[start : start + CHUNK])
+            values, params = _values([row for _, row in fresh[start : start + CHUNK]])
             execute(f"{values} {FINISH_RUNS}", params)
-            execute(f"{values} {FINISH_FLOWS}", params)
+        for start in range(0, len(fresh), CHUNK):
+            flows = self._flow_rows(fresh[start : start + CHUNK])
+            flow_values = ", ".join(["(?, ?, ?, ?, ?)"] * len(flows))
+            execute(
+                f"WITH f(flow_id, run_status, restart, failures, success_at) AS (VALUES {flow_values}) {FINISH_FLOWS}",
+                [value for row in flows for value in row],
+            )
         return changed
 
     def _claim(self, request: ClaimRequest, token: str) -> list[tuple[Any, ...]]:

@@ -171,6 +171,9 @@ def parse_args(argv: Sequence[str], scenarios: dict[str, Scenario]) -> argparse.
     parser.add_argument("--triggers", type=int, help="latency samples (default 100; --quick 20)")
     parser.add_argument("--heartbeat-flows", type=int, help="due flows (default 10000; --quick 500)")
     parser.add_argument("--history-rows", type=int, help="finished jobs and runs (default 1000000; --quick 20000)")
+    parser.add_argument(
+        "--operator-flows", type=int, help="flows behind the operator's queries (default 10000; --quick 200)"
+    )
     parser.add_argument("--idle-seconds", type=float, help="idle measurement (default 10; --quick 2)")
     parser.add_argument("--scenarios", default=",".join(scenarios), help="subset to run (default all)")
     parser.add_argument(
@@ -185,6 +188,7 @@ def parse_args(argv: Sequence[str], scenarios: dict[str, Scenario]) -> argparse.
     args.triggers = args.triggers or (20 if quick else 100)
     args.heartbeat_flows = args.heartbeat_flows or (500 if quick else 10_000)
     args.history_rows = args.history_rows or (20_000 if quick else 1_000_000)
+    args.operator_flows = args.operator_flows or (200 if quick else 10_000)
     args.idle_seconds = args.idle_seconds or (2.0 if quick else 10.0)
     args.workers = [int(item) for item in args.workers.split(",") if item.strip()]
     args.scenarios = [item.strip() for item in args.scenarios.split(",") if item.strip()]
@@ -259,6 +263,7 @@ def run(args: argparse.Namespace, scenarios: dict[str, Scenario]) -> int:
                 "triggers": args.triggers,
                 "heartbeat_flows": args.heartbeat_flows,
                 "history_rows": args.history_rows,
+                "operator_flows": args.operator_flows,
                 "idle_seconds": args.idle_seconds,
                 "cpus": len(os.sched_getaffinity(0)),
                 "python": platform.python_version(),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks import drain, heartbeat, history, idle, latency
+from benchmarks import drain, heartbeat, history, idle, latency, operator
 from benchmarks.harness import Scenario
 
 SCENARIOS: dict[str, Scenario] = {
@@ -10,5 +10,6 @@ SCENARIOS: dict[str, Scenario] = {
     "latency": latency.SCENARIO,
     "heartbeat": heartbeat.SCENARIO,
     "history": history.SCENARIO,
+    "operator": operator.SCENARIO,
     "idle": idle.SCENARIO,
 }

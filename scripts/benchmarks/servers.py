@@ -29,7 +29,7 @@ from benchmarks.procs import stop_all
 if TYPE_CHECKING:
     from dfjob.config import Settings
 
-TABLE_NAME = re.compile(r"\b(FROM|JOIN|UPDATE|INTO) +(jobs|data_flows|data_flow_runs)\b")
+TABLE_NAME = re.compile(r"\b(FROM|JOIN|UPDATE|INTO) +(jobs|data_flows|data_flow_runs|run_logs)\b")
 
 
 class SQLiteServer:

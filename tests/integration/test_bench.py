@@ -32,6 +32,7 @@ KEYS = [
     "latency_p95",
     "heartbeat",
     "history",
+    *(f"operator_{query}" for query in ("status", "runs_flow", "jobs_failed", "runs_logs")),
     "idle_cpu",
     "idle_rss",
 ]
@@ -41,6 +42,7 @@ LABELS = [
     "latency p95 enqueue->in_progress",
     "heartbeat over",
     "drain W=2 with",
+    *(f"{query} p95 with" for query in ("status", "runs flow", "jobs failed", "runs logs")),
     "idle CPU over",
     "idle peak RSS (supervisor)",
 ]

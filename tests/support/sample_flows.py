@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -135,6 +137,47 @@ class Context(dfjob.Flow):
             "scheduled_for": slot,
             "triggered_by": self.triggered_by,
         }
+
+
+class Chatty(dfjob.Flow):
+    """Writes to stdout, stderr and its log, and starts a program that prints too."""
+
+    def run(self) -> dict[str, Any]:
+        print("one to stdout")
+        print("two to stderr", file=sys.stderr)
+        self.log.info("rows.loaded", rows=3, table="orders")
+        subprocess.run(["echo", "four from a child"], check=True)
+        print("five \x1b[31mred\x1b[0m")
+        return {"rows": 3}
+
+
+class Ticker(dfjob.Flow):
+    """Prints `tick N` every `params.interval` seconds (default 1), `params.count` times (default 5),
+    after writing its pid to `config.marker` if given."""
+
+    def run(self) -> dict[str, Any]:
+        marker = self.config.get("marker")
+        if marker:
+            Path(marker).write_text(f"{os.getpid()}\n")
+        count, interval = int(self.params.get("count", 5)), float(self.params.get("interval", 1))
+        for tick in range(1, count + 1):
+            print(f"tick {tick}")
+            if tick < count:
+                time.sleep(interval)
+        return {"ticks": count}
+
+
+class Flood(dfjob.Flow):
+    """Prints `params.megabytes` MB (default 50) of numbered 100-byte lines: `line 0000001 xxx…`."""
+
+    def run(self) -> dict[str, Any]:
+        lines = int(float(self.params.get("megabytes", 50)) * 1_000_000) // 100
+        filler = "x" * 86
+        out = sys.stdout
+        for number in range(lines):
+            out.write(f"line {number:07d} {filler}\n")
+        out.flush()
+        return {"lines": lines}
 
 
 class NotAFlow:
