@@ -496,3 +496,33 @@ def test_final_failures_log_at_error_and_retries_at_warning(dfjob: Dfjob) -> Non
 
     finished = [line for line in log_lines(err) if line["event"] == "job.finished"]
     assert [(line["will_retry"], line["level"]) for line in finished] == [(True, "warning"), (False, "error")]
+
+
+# -- what the same audit found --------------------------------------------------------------------
+
+
+def test_changing_every_never_makes_a_flow_due_before_its_last_run_plus_the_interval(dfjob: Dfjob) -> None:
+    dfjob.add_flow("hourly", "sample_flows:Succeed", "--every", "1h")
+    dfjob.ok("heartbeat")
+    dfjob.ok("worker", "--burst")
+    last_run = dfjob.json("flows", "show", "hourly")["last_run_at"]
+
+    changed = dfjob.json("flows", "set", "hourly", "--every", "2h")
+
+    expected = datetime.fromisoformat(last_run) + timedelta(hours=2)
+    assert abs((datetime.fromisoformat(changed["next_run_at"]) - expected).total_seconds()) < 1
+    assert dfjob.json("heartbeat")["enqueued"] == 0
+    # An interval shorter than the time since its last run: due now, not in the past's future.
+    shorter = dfjob.json("flows", "set", "hourly", "--every", "90s")
+    assert datetime.fromisoformat(shorter["next_run_at"]) <= datetime.fromisoformat(last_run) + timedelta(seconds=91)
+
+
+def test_flows_set_clears_timeout_max_attempts_and_after(dfjob: Dfjob) -> None:
+    dfjob.add_flow("up", "sample_flows:Succeed")
+    dfjob.add_flow("down", "sample_flows:Succeed", "--timeout", "5m", "--max-attempts", "7", "--after", "up")
+
+    cleared = dfjob.json("flows", "set", "down", "--no-timeout", "--no-max-attempts", "--no-after")
+
+    assert cleared["timeout"] is None
+    assert cleared["max_attempts"] == 3  # retry.max_attempts applies again
+    assert cleared["after"] == []
