@@ -100,6 +100,8 @@ class DataFlow(BaseModel):
     last_scheduled_for = UTCDateTimeField(null=True)
     failure_streak = peewee.IntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
     last_success_at = UTCDateTimeField(null=True)
+    # When `flow.late` was raised for it; cleared by its next success.
+    late_alerted_at = UTCDateTimeField(null=True)
 
     class Meta:
         table_name = "data_flows"
@@ -183,6 +185,8 @@ class QueueState(BaseModel):
     name = peewee.CharField(max_length=64, primary_key=True)
     paused = peewee.BooleanField()
     changed_at = UTCDateTimeField()
+    # When `queue.stalled` was raised for it; cleared once it is served again.
+    stalled_alerted_at = UTCDateTimeField(null=True)
 
     class Meta:
         table_name = "queue_states"
@@ -236,6 +240,59 @@ class WorkerRecord(BaseModel):
         table_name = "workers"
 
 
+class AlertOutbox(BaseModel):
+    """One alert event, written with the state change that caused it."""
+
+    id = IdField()
+    event = peewee.CharField(max_length=32)
+    payload = JSONTextField()
+    created_at = UTCDateTimeField()
+
+    class Meta:
+        table_name = "alert_outbox"
+
+
+class AlertDelivery(BaseModel):
+    """One alert event on its way to one destination (a digest of its URL)."""
+
+    outbox = peewee.ForeignKeyField(AlertOutbox, on_delete="CASCADE", index=False)
+    outbox_id: int
+    destination = peewee.CharField(max_length=32)
+    attempts = peewee.IntegerField()
+    next_attempt_at = UTCDateTimeField()
+    sent_at = UTCDateTimeField(null=True)
+    gave_up_at = UTCDateTimeField(null=True)
+    last_error = peewee.TextField(null=True)
+
+    class Meta:
+        table_name = "alert_deliveries"
+        primary_key = peewee.CompositeKey("outbox", "destination")
+
+
+class State(BaseModel):
+    """Small named facts the daemons share: `last_prune_at`, `last_heartbeat_at`."""
+
+    name = peewee.CharField(max_length=64, primary_key=True)
+    value = peewee.TextField(null=True)
+    changed_at = UTCDateTimeField()
+
+    class Meta:
+        table_name = "dfjob_state"
+
+
+class PrunedRunTotal(BaseModel):
+    """Runs of a flow that `prune` deleted, by status: with the runs still kept, the run totals."""
+
+    data_flow = peewee.ForeignKeyField(DataFlow, on_delete="CASCADE", index=False)
+    data_flow_id: int
+    status = peewee.CharField(max_length=16)
+    runs = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "pruned_run_totals"
+        primary_key = peewee.CompositeKey("data_flow", "status")
+
+
 class SchemaVersion(BaseModel):
     """One row per schema step applied; the highest `version` is the database's version."""
 
@@ -249,6 +306,7 @@ class SchemaVersion(BaseModel):
 
 MODELS: list[type[BaseModel]] = [
     DataFlow, Job, DataFlowRun, WorkerRecord, SchemaVersion, RunLimit, FlowUpstream, RunLog, QueueState,
+    AlertOutbox, AlertDelivery, State, PrunedRunTotal,
 ]  # fmt: skip
 
 
@@ -289,6 +347,10 @@ INDEXES = [
     "CREATE INDEX IF NOT EXISTS runs_job ON dfjob.data_flow_runs (job_id, attempt)",
     "CREATE INDEX IF NOT EXISTS runs_flow ON dfjob.data_flow_runs (data_flow_id, id)",
     "CREATE INDEX IF NOT EXISTS flows_due ON dfjob.data_flows (next_run_at) WHERE enabled",
+    # Alerts: old events leave with the history; deliveries still to make, by when.
+    "CREATE INDEX IF NOT EXISTS alert_outbox_created ON dfjob.alert_outbox (created_at)",
+    "CREATE INDEX IF NOT EXISTS alert_deliveries_due ON dfjob.alert_deliveries (next_attempt_at)"
+    " WHERE sent_at IS NULL AND gave_up_at IS NULL",
 ]
 
 

@@ -25,7 +25,13 @@ from dataclasses import dataclass
 from dfjob import clock
 from dfjob.db import advisory_key, pg_schema, write_transaction
 from dfjob.errors import DfjobError
-from dfjob.migrations import m0002_own_schema, m0003_workers, m0004_flows_as_data, m0005_operator_view
+from dfjob.migrations import (
+    m0002_own_schema,
+    m0003_workers,
+    m0004_flows_as_data,
+    m0005_operator_view,
+    m0006_alerts_and_totals,
+)
 from dfjob.models import create_latest, to_db_time
 from dfjob.sql import execute
 
@@ -47,6 +53,7 @@ STEPS: tuple[Step, ...] = (
     Step(3, m0003_workers.NAME, m0003_workers.sqlite, m0003_workers.postgres),
     Step(4, m0004_flows_as_data.NAME, m0004_flows_as_data.sqlite, m0004_flows_as_data.postgres),
     Step(5, m0005_operator_view.NAME, m0005_operator_view.sqlite, m0005_operator_view.postgres),
+    Step(6, m0006_alerts_and_totals.NAME, m0006_alerts_and_totals.sqlite, m0006_alerts_and_totals.postgres),
 )
 LATEST = STEPS[-1].version
 # Version 1 kept its tables in Postgres's `public` schema; they move in step 2.

@@ -27,7 +27,7 @@ import json
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import peewee
@@ -684,18 +684,33 @@ class Store(ABC):
                     ).fetchall()
                 ]
                 if not ids:
-                    # Records of workers long gone go with the history they left.
+                    # Records of workers long gone go with the history they left, and alerts
+                    # too, once they are past their day of retries.
                     stamp = to_db_time(older_than)
                     execute(
                         "DELETE FROM dfjob.workers WHERE (stopped_at IS NOT NULL AND stopped_at < ?)"
                         " OR last_seen_at < ?",
                         (stamp, stamp),
                     )
+                    alerts_before = min(older_than, clock.now() - ALERTS_KEPT)
+                    execute("DELETE FROM dfjob.alert_outbox WHERE created_at < ?", (to_db_time(alerts_before),))
                     return jobs_deleted, runs_deleted
                 where, params = self.in_values("job_id", ids)
+                # The runs' totals outlive them (`dfjob_runs_total` never goes down).
+                execute(
+                    "INSERT INTO dfjob.pruned_run_totals (data_flow_id, status, runs)"
+                    f" SELECT data_flow_id, status, COUNT(*) FROM dfjob.data_flow_runs WHERE {where}"
+                    " AND status IN ('success', 'failed') GROUP BY data_flow_id, status"
+                    " ON CONFLICT (data_flow_id, status) DO UPDATE SET runs = pruned_run_totals.runs + excluded.runs",
+                    params,
+                )
                 runs_deleted += execute(f"DELETE FROM dfjob.data_flow_runs WHERE {where}", params).rowcount
                 where, params = self.in_values("id", ids)
                 jobs_deleted += execute(f"DELETE FROM dfjob.jobs WHERE {where}", params).rowcount
+
+
+# Alert events stay this long at least: a day of delivery retries, and a margin.
+ALERTS_KEPT = timedelta(days=2)
 
 
 def check_finished_statuses(statuses: Sequence[str]) -> None:

@@ -13,7 +13,7 @@ from dfjob import clock, sql
 from dfjob.config import RetrySettings, Settings
 from dfjob.db import write_transaction
 from dfjob.errors import DfjobError
-from dfjob.models import DataFlow, DataFlowRun, Job, to_db_time
+from dfjob.models import DataFlow, DataFlowRun, Job, PrunedRunTotal, to_db_time
 from dfjob.registry import FlowSpec, add_flow
 from dfjob.store import store
 from dfjob.store.rows import Claimed, Outcome
@@ -562,3 +562,19 @@ def test_prune_with_statuses_deletes_only_jobs_that_ended_so(database: Settings)
     assert failed not in {run.job_id for run in DataFlowRun.select()}
     with pytest.raises(DfjobError):
         store().prune(clock.now(), ("queued",))
+
+
+def test_prune_keeps_the_run_totals_of_what_it_deletes(database: Settings) -> None:
+    old = clock.now() - timedelta(days=40)
+    flow = _flow(database, "totals")
+    for status in ("success", "failed", "success"):
+        _enqueue(flow, old, max_attempts=1)
+        store_ops.finish([_outcome(_claim_one(old), status, old, old, error_message="x")], _retry())
+
+    assert store().prune(clock.now() - timedelta(days=30)) == (3, 3)
+    _enqueue(flow, old, max_attempts=1)
+    store_ops.finish([_outcome(_claim_one(old), "success", old, old)], _retry())
+    assert store().prune(clock.now() - timedelta(days=30)) == (1, 1)
+
+    totals = {(row.status, row.runs) for row in PrunedRunTotal.select().where(PrunedRunTotal.data_flow == flow)}
+    assert totals == {("success", 3), ("failed", 1)}
