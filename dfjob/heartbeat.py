@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from dfjob import clock, events
+from dfjob import clock, events, state
 from dfjob.config import Settings
 from dfjob.db import write_transaction
 from dfjob.leases import take_back_expired
@@ -97,6 +97,7 @@ def heartbeat(settings: Settings, now: datetime | None = None) -> HeartbeatResul
         store().advance_flows(
             [(item.flow.id, item.next_run_at, item.last_scheduled_for) for item in plans], enqueued_flows, now
         )
+        state.put(state.LAST_HEARTBEAT, None, now)
     if created:
         store().wake_after_commit()
     flows = {item.flow.id: item.flow for item in plans}
