@@ -23,7 +23,10 @@ from tests.support.waiting import wait_for
 
 LEASE = 3.0
 # Short leases keep these tests fast: renewals every second, runners stop 2.5 s after the last
-# confirmed renewal, leases run out 3 s after it.
+# confirmed renewal (the fence, 5/6 of a lease), leases run out 3 s after it.
+FENCE = LEASE * 5 / 6
+# Room for the kill itself and for a loaded machine, on top of the fence.
+KILL_SLACK = 1.0
 FAST_WORKER = {"lease_seconds": LEASE, "poll_interval": 0.1, "shutdown_grace": 5}
 IMMEDIATE_RETRIES = {"backoff_initial": 0, "backoff_max": 0, "max_attempts": 5}
 DATABASE = "jobs"

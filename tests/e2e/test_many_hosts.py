@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cluster import (
+    FENCE,
+    KILL_SLACK,
     LEASE,
     Cluster,
     add_ledger_flow,
@@ -39,11 +41,6 @@ from tests.support.ledger import PidWatcher, attempts, overlaps, read_records
 from tests.support.ledger_flows import still_running
 from tests.support.pgbouncer import PgBouncer
 from tests.support.waiting import wait_for
-
-# A runner stops its attempt 5/6 of a lease after the last renewal its worker saw confirmed.
-FENCE = LEASE * 5 / 6
-# Room for the kill itself and for a loaded machine, on top of the fence.
-KILL_SLACK = 1.0
 
 
 @pytest.mark.slow
