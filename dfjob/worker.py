@@ -137,7 +137,7 @@ class Worker:
         """Interrupt whatever still runs, write what is left, stop the runners, and say so."""
         self._interrupt_all("interrupted: worker stopped")
         try:
-            self._turn(clock.now(), claim=False)
+            self._turn(claim=False)
             if self._registered:
                 store().worker_stopped(self.name, clock.now())
         except Exception as exc:  # noqa: BLE001 (unwritten outcomes are rescued once their leases expire)
@@ -171,7 +171,9 @@ class Worker:
     # -- one pass ------------------------------------------------------------------------------
 
     def run_once(self, now: datetime | None = None) -> bool:
-        """One pass of the loop; returns True when it claimed at least one job."""
+        """One pass of the loop; returns True when it claimed at least one job. `now` (tests)
+        stands for the time of the whole pass; else each step reads the clock when it acts."""
+        given = now
         now = now or clock.now()
         try:
             maintain = self.leases.due(time.monotonic())
@@ -183,7 +185,7 @@ class Worker:
                 self._cancel_asked = False
                 busy = [slot.job.job_id for slot in self.pool.busy() if slot.job is not None]
                 self._cancel(store().cancel_requested(busy))
-            claimed = self._turn(now)
+            claimed = self._turn(given)
             if maintain:
                 self.stats.rescued += len(take_back_expired(now, self.settings.retry))
                 if self._listener is None:
@@ -251,14 +253,19 @@ class Worker:
         if released:
             events.log.info("job.released", job_ids=sorted(released), worker=self.name)
 
-    def _turn(self, now: datetime, claim: bool = True) -> list[Claimed]:
+    def _turn(self, now: datetime | None = None, claim: bool = True) -> list[Claimed]:
         """Write the starts and outcomes since the last turn and claim jobs for the idle runners,
-        in one round trip (Postgres) or one transaction (SQLite); then hand the jobs out."""
+        in one round trip (Postgres) or one transaction (SQLite); then hand the jobs out.
+
+        A claim's lease is stamped from the clock read just before the round trip that the runner's
+        fence is counted from too: earlier round trips of the pass (renewals, the worker record)
+        must not eat into the lease behind the fence's back."""
         idle = self.pool.idle() if claim and self._can_claim() and self._claim_allowed() else []
         request = None
         if idle:
             limit = len(idle) if self.max_jobs is None else min(len(idle), self.max_jobs - self.stats.claimed)
-            request = ClaimRequest(self.name, self.queues, limit, now, self.settings.worker.lease_seconds)
+            stamp = now if now is not None else clock.now()
+            request = ClaimRequest(self.name, self.queues, limit, stamp, self.settings.worker.lease_seconds)
         if not self.batch and request is None:
             return []
         outcomes, starts = self.batch.take()
@@ -452,19 +459,11 @@ class Worker:
                 # Wake for our own retry even when the poll interval is long.
                 due = time.monotonic() + max(0.0, (item.retry_at - clock.now()).total_seconds())
                 self._next_retry = due if self._next_retry is None else min(self._next_retry, due)
-            payload: dict[str, Any] = {
-                **job.event_fields(),
-                "status": item.outcome.status,
-                "duration_ms": item.duration_ms,
-                "will_retry": item.will_retry,
-                "job_status": item.job_status,
-            }
             level = None
             if item.outcome.status == RunStatus.FAILED:
-                payload["error"] = item.outcome.error_message
                 # Alert on `error`: a job that failed for good; a failure that retries is a warning.
                 level = "warning" if item.will_retry or item.job_status == JobStatus.CANCELLED else "error"
-            events.emit(events.JOB_FINISHED, level=level, **payload)
+            events.emit(events.JOB_FINISHED, level=level, **item.event_fields())
             if item.job_status == JobStatus.CANCELLED:
                 events.emit(
                     events.JOB_CANCELLED,

@@ -136,6 +136,19 @@ class Finished(NamedTuple):
     # The lease had been taken back: nothing was written.
     stale: bool = False
 
+    def event_fields(self) -> dict[str, Any]:
+        """The keys of its `job.finished` event (and of the `job.failed` alert)."""
+        fields: dict[str, Any] = {
+            **self.outcome.job.event_fields(),
+            "status": str(self.outcome.status),
+            "duration_ms": self.duration_ms,
+            "will_retry": self.will_retry,
+            "job_status": str(self.job_status),
+        }
+        if self.outcome.status == RunStatus.FAILED:
+            fields["error"] = self.outcome.error_message
+        return fields
+
 
 class Rescued(NamedTuple):
     """A job taken back from a worker whose lease ran out."""

@@ -454,12 +454,6 @@ def _race_in_threads(calls: list[Callable[[], object]]) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    reason="Worker.run_once stamps a claim's lease from the `now` taken at the start of the pass (before its clock"
-    " sync, renewal and worker-record round trips) but the runner's fence from just before the claim, so round trips"
-    " slower than lease/6 put the fence after the lease's expiry",
-)
 def test_a_claim_after_slow_round_trips_still_fences_before_its_lease_runs_out(
     make_network: Callable[..., Network], make_dfjob: Callable[..., Dfjob]
 ) -> None:

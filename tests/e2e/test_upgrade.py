@@ -130,9 +130,10 @@ def test_two_upgrades_at_once_apply_each_step_once(make_dfjob: Callable[..., Dfj
         holder.execute("SELECT pg_advisory_unlock_all()")
     results = [upgrade.communicate(timeout=30) for upgrade in upgrades]
     assert [upgrade.returncode for upgrade in upgrades] == [0, 0], results
-    documents = sorted((json.loads(out) for out, _ in results), key=lambda document: len(document["applied"]))
-    assert documents[0]["applied"] == []
-    assert [step["version"] for step in documents[1]["applied"]] == list(range(2, migrations.LATEST + 1))
+    # The lock is taken per step: the two may share the steps between them, but no step is
+    # applied twice and none is left out.
+    applied = sorted(step["version"] for out, _ in results for step in json.loads(out)["applied"])
+    assert applied == list(range(2, migrations.LATEST + 1))
     versions = dfjob.db.rows("SELECT version FROM dfjob_schema ORDER BY version")
     assert [row["version"] for row in versions] == list(range(1, migrations.LATEST + 1))
 
