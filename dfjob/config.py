@@ -86,6 +86,21 @@ class MonitoringSettings:
     callback_timeout: float = 5.0
 
 
+ALERT_EVENTS = ("job.failed", "flow.late", "queue.stalled")
+ALERT_FORMATS = ("json", "slack")
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """One `[[alerts]]` destination: where to POST which alerts, in which body, signed or not."""
+
+    url: str = ""
+    on: tuple[str, ...] = ALERT_EVENTS
+    format: str = "json"
+    # HMAC-SHA256 key: the body's signature goes in `X-Dfjob-Signature`.
+    secret: str = ""
+
+
 @dataclass(frozen=True)
 class LogSettings:
     format: str = "auto"
@@ -103,6 +118,7 @@ class Settings:
     flows: FlowSettings = field(default_factory=FlowSettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    alerts: tuple[AlertSettings, ...] = ()
     # The folder relative paths are resolved against: the config file's, else the working directory.
     base_dir: str = "."
     # The config file these settings were read from, if any (`doctor` says which).
@@ -168,6 +184,9 @@ def _read_file(path: Path) -> Settings:
     sections: dict[str, Any] = {}
     defaults = Settings()
     for name, value in data.items():
+        if name == "alerts":
+            sections[name] = _alerts(path, value)
+            continue
         section_type = _section_types().get(name)
         if section_type is None:
             raise DfjobError(f"{path}: unknown section [{name}]")
@@ -180,9 +199,15 @@ def _read_file(path: Path) -> Settings:
 
 
 def _section_types() -> dict[str, type]:
-    return {
-        f.name: type(getattr(Settings(), f.name)) for f in fields(Settings) if f.name not in ("base_dir", "config_file")
-    }
+    not_sections = ("base_dir", "config_file", "alerts")
+    return {f.name: type(getattr(Settings(), f.name)) for f in fields(Settings) if f.name not in not_sections}
+
+
+def _alerts(path: Path, value: Any) -> tuple[AlertSettings, ...]:
+    """`[[alerts]]`: an array of tables, each checked like a section."""
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise DfjobError(f"{path}: alerts must be [[alerts]] tables")
+    return tuple(_build_section(path, "alerts", AlertSettings, AlertSettings(), item) for item in value)
 
 
 def _build_section(path: Path, name: str, section_type: type, default: Any, values: dict[str, Any]) -> Any:
@@ -249,6 +274,8 @@ def validate(settings: Settings, source: str) -> None:
             raise DfjobError(f"{source}: flows.allowed_modules: {module!r} is not a module name")
     for callback in settings.monitoring.callbacks:
         check_callable_path(callback, f"{source}: monitoring.callbacks")
+    for alert in settings.alerts:
+        _check_alert(alert, source)
     _check_choice(f"{source}: log.format", settings.log.format, LOG_FORMATS)
     _check_choice(f"{source}: log.level", settings.log.level, LOG_LEVELS)
     if not SCHEMA_NAME.fullmatch(settings.database.schema):
@@ -259,6 +286,16 @@ def validate(settings: Settings, source: str) -> None:
     scheme = settings.database.url.split(":", 1)[0]
     if scheme not in ("sqlite", "postgresql", "postgres"):
         raise DfjobError(f"{source}: database.url: unknown scheme {scheme!r} (use sqlite or postgresql)")
+
+
+def _check_alert(alert: AlertSettings, source: str) -> None:
+    if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", alert.url):
+        raise DfjobError(f"{source}: alerts.url must be an http:// or https:// URL")
+    if not alert.on:
+        raise DfjobError(f"{source}: alerts.on must name at least one of {', '.join(ALERT_EVENTS)}")
+    for event in alert.on:
+        _check_choice(f"{source}: alerts.on", event, ALERT_EVENTS)
+    _check_choice(f"{source}: alerts.format", alert.format, ALERT_FORMATS)
 
 
 def _check_range(source: str, key: str, value: float, low: float, high: float) -> None:

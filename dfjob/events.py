@@ -35,6 +35,8 @@ WORKER_STARTED = "worker.started"
 WORKER_STOPPED = "worker.stopped"
 DB_UNAVAILABLE = "db.unavailable"
 JOB_CANCELLED = "job.cancelled"
+ALERT_SENT = "alert.sent"
+ALERT_FAILED = "alert.failed"
 CALLBACK_FAILED = "monitoring.callback_failed"
 CALLBACK_TIMEOUT = "monitoring.callback_timeout"
 CALLBACKS_DROPPED = "monitoring.events_dropped"
@@ -131,7 +133,7 @@ def load_callbacks(settings: Settings) -> None:
         _dispatcher_instance.timeout = _callback_timeout
 
 
-WARNINGS = frozenset({DB_UNAVAILABLE})
+WARNINGS = frozenset({DB_UNAVAILABLE, ALERT_FAILED})
 
 
 def emit(event: str, level: str | None = None, **payload: Any) -> None:

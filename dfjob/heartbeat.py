@@ -71,8 +71,9 @@ def plan(flow: DueFlow, now: datetime, waiting: bool) -> Plan:
     return Plan(flow, slots, next_run_at, slots[-1])
 
 
-def heartbeat(settings: Settings, now: datetime | None = None) -> HeartbeatResult:
-    """Enqueue every due flow's slots, move each one's `next_run_at` on, take back lost jobs."""
+def heartbeat(settings: Settings, now: datetime | None = None, housekeeping: bool = True) -> HeartbeatResult:
+    """Enqueue every due flow's slots, move each one's `next_run_at` on, take back lost jobs; then
+    (`housekeeping`) prune once a day and raise and deliver alerts (see `housekeeping`)."""
     now = now or clock.now()
     take_back_expired(now, settings.retry)
     with write_transaction():
@@ -108,4 +109,8 @@ def heartbeat(settings: Settings, now: datetime | None = None) -> HeartbeatResul
         )
     result = HeartbeatResult(due=len(due), enqueued=len(created), skipped=sum(item.skipped for item in plans))
     events.emit(events.HEARTBEAT_FINISHED, due=result.due, enqueued=result.enqueued, skipped=result.skipped)
+    if housekeeping:
+        from dfjob import housekeeping as chores  # imports the HTTP client: only where alerts are sent
+
+        chores.run(settings, now)
     return result

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import peewee
 
-from dfjob import clock
+from dfjob import clock, wakeup
 from dfjob.config import (
     Settings,
     check_flow_name,
@@ -226,9 +226,11 @@ def save(flows: Sequence[tuple[DataFlow, Sequence[str] | None]]) -> None:
                 if after is not None:
                     _set_upstreams(flow, after)
             _check_no_cycle([flow for flow, after in flows if after])
+            store().notify(wakeup.SCHEDULE)
     except peewee.IntegrityError:
         names = ", ".join(repr(flow.name) for flow, _ in flows)
         raise DfjobError(f"a data flow named {names} already exists") from None
+    store().wake_after_commit(wakeup.SCHEDULE)
 
 
 def _check_name_free(flow: DataFlow) -> None:
@@ -280,6 +282,8 @@ def set_enabled(flow: DataFlow, enabled: bool) -> DataFlow:
     flow.updated_at = now
     with write_transaction():
         flow.save()
+        store().notify(wakeup.SCHEDULE)
+    store().wake_after_commit(wakeup.SCHEDULE)
     return flow
 
 

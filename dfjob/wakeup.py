@@ -42,8 +42,10 @@ def channel() -> str:
     return name
 
 
-# What a wake-up says: a queue name (a job is ready there), or CANCEL (a running job was asked to stop).
+# What a wake-up says: a queue name (a job is ready there), CANCEL (a running job was asked to
+# stop) or SCHEDULE (a flow's schedule changed: the scheduler looks again when it is next due).
 CANCEL = "cancel"
+SCHEDULE = "schedule"
 
 
 class Listener(Protocol):

@@ -131,16 +131,6 @@ def emit(as_json: bool, value: Any, text: Callable[[], str]) -> None:
         click.echo(text())
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    if not rows:
-        return "(none)"
-    cells = [[("" if row.get(col) is None else printable(str(row.get(col)))) for col in columns] for row in rows]
-    widths = [max(len(col), *(len(line[i]) for line in cells)) for i, col in enumerate(columns)]
-    lines = ["  ".join(col.ljust(width) for col, width in zip(columns, widths, strict=True)).rstrip()]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in cells]
-    return "\n".join(lines)
-
-
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import click
 
 from dfjob import flowfile, registry
-from dfjob.cli.app import cli, current_app, emit, json_option, table
+from dfjob.cli import output
+from dfjob.cli.app import cli, current_app, emit, json_option
 from dfjob.errors import DfjobError
 from dfjob.registry import FlowSpec, flow_to_dict, get_flow, parse_config_json
 from dfjob.text import printable
@@ -17,14 +19,40 @@ from dfjob.text import printable
 # -- flows ---------------------------------------------------------------------------------------
 
 
+def _next_run(flow: dict[str, Any]) -> str:
+    """When a flow runs next, as people say it, and on the clock of its zone when it has one."""
+    if flow["next_run_at"] is None:
+        return "-"
+    text = output.when(flow["next_run_at"])
+    if flow.get("next_run_at_local") and flow.get("tz") not in (None, "UTC"):
+        local = datetime.fromisoformat(flow["next_run_at_local"])
+        text += f" ({local:%Y-%m-%d %H:%M} {flow['tz']})"
+    return text
+
+
 def _describe_flow(flow: dict[str, Any]) -> str:
-    keys = [
-        "id", "name", "class_path", "queue", "priority", "enabled", "schedule", "max_attempts", "timeout",
-        "last_run_at", "last_run_status", "next_run_at",
+    keys: list[tuple[str, output.Cell]] = [
+        (key, output.plain)
+        for key in ("id", "name", "class_path", "queue", "priority", "enabled", "schedule", "tz", "max_attempts",
+                    "timeout", "max_running", "after", "catch_up", "late_after", "last_run_at", "last_run_status",
+                    "next_run_at", "next_run_at_local")
     ]  # fmt: skip
-    lines = [f"{key}: {'' if flow[key] is None else printable(str(flow[key]))}" for key in keys]
+    lines = [output.fields(flow, keys)]
     lines.append(f"configuration: {printable(json.dumps(flow['configuration'], ensure_ascii=False))}")
     return "\n".join(lines)
+
+
+FLOW_COLUMNS: list[tuple[str, str, output.Cell]] = [
+    ("ID", "id", output.plain),
+    ("NAME", "name", output.plain),
+    ("QUEUE", "queue", output.plain),
+    ("SCHEDULE", "schedule", output.plain),
+    ("NEXT RUN", "next", output.plain),
+    ("LAST RUN", "last_run_at", output.when),
+    ("LAST STATUS", "last_run_status", output.plain),
+    ("ENABLED", "enabled", output.yes_no),
+    ("CLASS", "class_path", output.plain),
+]
 
 
 @cli.group()
@@ -126,8 +154,7 @@ def flows_list(as_json: bool) -> None:
     """All data flows."""
     settings = current_app().open(writes=False)
     rows = registry.flows_to_dicts(registry.all_flows(), settings.retry.max_attempts)
-    columns = ["id", "name", "queue", "priority", "enabled", "schedule", "last_run_status", "next_run_at", "class_path"]
-    emit(as_json, rows, lambda: table(rows, columns))
+    emit(as_json, rows, lambda: output.table([{**row, "next": _next_run(row)} for row in rows], FLOW_COLUMNS))
 
 
 @flows.command("show")

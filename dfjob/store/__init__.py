@@ -99,6 +99,14 @@ def claim_candidates(limit: int) -> int:
     return limit * 4 + 8
 
 
+def add_alert(event: str, payload: dict[str, Any], now: datetime) -> None:
+    """Put an alert in the outbox, inside the caller's transaction (the state change that caused it)."""
+    execute(
+        "INSERT INTO dfjob.alert_outbox (event, payload, created_at) VALUES (?, ?, ?)",
+        (event, dump_json(payload), to_db_time(now)),
+    )
+
+
 def error_line(message: str) -> str:
     """An error message as stored on the job: one bounded line."""
     return message if len(message) <= ERROR_MESSAGE_LIMIT else message[: ERROR_MESSAGE_LIMIT - 1] + "…"
@@ -327,13 +335,15 @@ class Store(ABC):
         error = storable(error_line(outcome.error_message)) if outcome.error_message else None
         backtrace = storable(outcome.error_backtrace) if outcome.error_backtrace else None
         finished_at = None if decision.will_retry else ended
+        finished = Finished(outcome, decision.job_status, decision.will_retry, duration_ms, decision.retry_at)
+        # A job that failed for good raises the `job.failed` alert, written with the outcome.
+        alert = dump_json(finished.event_fields()) if decision.job_status == JobStatus.FAILED else None
         row = (
             job.job_id, job.lease_token, job.run_id, job.data_flow_id, str(decision.job_status),
             to_db_time(decision.retry_at), finished_at, error, str(outcome.status), to_db_time(outcome.started_at),
             ended, duration_ms, None if outcome.result is None else dump_json(outcome.result), error, backtrace,
-            outcome.cpu_seconds, outcome.max_rss_kb,
+            outcome.cpu_seconds, outcome.max_rss_kb, alert,
         )  # fmt: skip
-        finished = Finished(outcome, decision.job_status, decision.will_retry, duration_ms, decision.retry_at)
         return finished, row
 
     # The stored form of a slot, turned into the slot's key (`job_key`): dialects store times differently.
@@ -538,6 +548,14 @@ class Store(ABC):
             "UPDATE dfjob.data_flows SET last_run_status = 'failed', failure_streak = failure_streak + 1 WHERE id = ?",
             (flow_id,),
         )
+        if decision.job_status == JobStatus.FAILED:
+            queue = execute("SELECT queue FROM dfjob.jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            alert = {
+                "job_id": job_id, "run_id": run_id, "data_flow_id": flow_id, "data_flow_name": flow_name,
+                "queue": queue, "attempt": attempts, "status": "failed", "error": message, "will_retry": False,
+                "job_status": "failed", "lost_worker": lost,
+            }  # fmt: skip
+            add_alert("job.failed", alert, now)
         return Rescued(job_id, run_id, flow_id, flow_name, lost, decision.job_status, decision.will_retry)
 
     def set_flow_limit(self, data_flow_id: int, max_running: int, now: datetime) -> None:

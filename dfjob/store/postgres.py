@@ -25,14 +25,14 @@ FINISH_COLUMNS = (
     ("run_at", "timestamp"), ("finished_at", "timestamp"), ("last_error", "text"), ("run_status", "text"),
     ("started_at", "timestamp"), ("ended_at", "timestamp"), ("duration_ms", "integer"), ("result", "text"),
     ("error_message", "text"), ("error_backtrace", "text"), ("cpu_seconds", "double precision"),
-    ("max_rss_kb", "integer"),
+    ("max_rss_kb", "integer"), ("alert", "text"),
 )  # fmt: skip
 # One flow per row: what the batch does to it (see `Store._flow_rows`).
 FLOW_COLUMNS = (
     ("flow_id", "bigint"), ("run_status", "text"), ("restart", "integer"), ("failures", "integer"),
     ("success_at", "timestamp"),
 )  # fmt: skip
-# Runs and flows change only where the fenced jobs update did (the `j` join).
+# Runs, flows and alerts change only where the fenced jobs update did (the `j` join).
 FINISH = (
     "WITH v AS (SELECT * FROM unnest("
     + ", ".join(f"CAST(? AS {kind}[])" for _, kind in FINISH_COLUMNS)
@@ -48,6 +48,8 @@ FINISH = (
     "  duration_ms = v.duration_ms, result = v.result, error_message = v.error_message,"
     "  error_backtrace = v.error_backtrace, cpu_seconds = v.cpu_seconds, max_rss_kb = v.max_rss_kb"
     "  FROM v JOIN j ON j.id = v.id WHERE data_flow_runs.id = v.run_id),"
+    " a AS (INSERT INTO dfjob.alert_outbox (event, payload, created_at)"
+    "  SELECT 'job.failed', v.alert, v.ended_at FROM v JOIN j ON j.id = v.id WHERE v.alert IS NOT NULL),"
     " fl AS (SELECT * FROM unnest("
     + ", ".join(f"CAST(? AS {kind}[])" for _, kind in FLOW_COLUMNS)
     + ") AS fl("
@@ -55,7 +57,8 @@ FINISH = (
     + ")),"
     " f AS (UPDATE dfjob.data_flows SET last_run_status = fl.run_status,"
     "  failure_streak = CASE WHEN fl.restart = 1 THEN fl.failures ELSE data_flows.failure_streak + fl.failures END,"
-    "  last_success_at = COALESCE(fl.success_at, data_flows.last_success_at)"
+    "  last_success_at = COALESCE(fl.success_at, data_flows.last_success_at),"
+    "  late_alerted_at = CASE WHEN fl.success_at IS NULL THEN data_flows.late_alerted_at END"
     "  FROM fl WHERE data_flows.id = fl.flow_id AND EXISTS (SELECT 1 FROM v JOIN j ON j.id = v.id"
     "  WHERE v.flow_id = fl.flow_id))"
     " SELECT id FROM j"

@@ -28,7 +28,8 @@ ADVANCE = (
 # The columns of one outcome row, shared by the statements that record a batch of outcomes.
 FINISH_COLUMNS = (
     "id, token, run_id, flow_id, job_status, run_at, finished_at, last_error,"
-    " run_status, started_at, ended_at, duration_ms, result, error_message, error_backtrace, cpu_seconds, max_rss_kb"
+    " run_status, started_at, ended_at, duration_ms, result, error_message, error_backtrace, cpu_seconds, max_rss_kb,"
+    " alert"
 )
 FINISH_JOBS = (
     "UPDATE dfjob.jobs SET status = v.job_status, run_at = COALESCE(v.run_at, jobs.run_at),"
@@ -48,7 +49,8 @@ FINISH_RUNS = (
 FINISH_FLOWS = (
     "UPDATE dfjob.data_flows SET last_run_status = f.run_status,"
     " failure_streak = CASE WHEN f.restart = 1 THEN f.failures ELSE data_flows.failure_streak + f.failures END,"
-    " last_success_at = COALESCE(f.success_at, data_flows.last_success_at)"
+    " last_success_at = COALESCE(f.success_at, data_flows.last_success_at),"
+    " late_alerted_at = CASE WHEN f.success_at IS NULL THEN data_flows.late_alerted_at END"
     " FROM f WHERE data_flows.id = f.flow_id"
 )
 # The claim, inside the turn's BEGIN IMMEDIATE (one writer: counts of running jobs cannot change
@@ -206,6 +208,14 @@ class SqliteStore(Store):
         for start in range(0, len(fresh), CHUNK):
             values, params = _values([row for _, row in fresh[start : start + CHUNK]])
             execute(f"{values} {FINISH_RUNS}", params)
+        alerts = [(row[-1], row[10]) for _, row in fresh if row[-1] is not None]
+        for start in range(0, len(alerts), CHUNK):
+            chunk = alerts[start : start + CHUNK]
+            placeholders = ", ".join(["('job.failed', ?, ?)"] * len(chunk))
+            execute(
+                f"INSERT INTO dfjob.alert_outbox (event, payload, created_at) VALUES {placeholders}",
+                [value for row in chunk for value in row],
+            )
         for start in range(0, len(fresh), CHUNK):
             flows = self._flow_rows(fresh[start : start + CHUNK])
             flow_values = ", ".join(["(?, ?, ?, ?, ?)"] * len(flows))

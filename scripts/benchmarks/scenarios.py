@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from benchmarks import drain, heartbeat, history, idle, latency, operator
+from benchmarks import drain, heartbeat, history, idle, latency, lateness, operator
 from benchmarks.harness import Scenario
 
 SCENARIOS: dict[str, Scenario] = {
     "drain": drain.SCENARIO,
     "latency": latency.SCENARIO,
     "heartbeat": heartbeat.SCENARIO,
+    "lateness": lateness.SCENARIO,
     "history": history.SCENARIO,
     "operator": operator.SCENARIO,
     "idle": idle.SCENARIO,

@@ -100,8 +100,9 @@ def _toml(value: Any) -> str:
     raise TypeError(f"no TOML for {value!r}")
 
 
-def write_config(directory: Path, database_url: str, **sections: dict[str, Any]) -> Path:
-    """Write `dfjob.toml` into `directory`; `sections` override or add keys per section."""
+def write_config(directory: Path, database_url: str, **sections: dict[str, Any] | list[dict[str, Any]]) -> Path:
+    """Write `dfjob.toml` into `directory`; `sections` override or add keys per section (a list:
+    that many `[[section]]` tables)."""
     flows_dir = directory / "flows"
     flows_dir.mkdir(parents=True, exist_ok=True)
     (flows_dir / "e2e_flows.py").write_text(E2E_FLOWS, encoding="utf-8")
@@ -112,11 +113,19 @@ def write_config(directory: Path, database_url: str, **sections: dict[str, Any])
         "retry": {"max_attempts": 3, "backoff_initial": 0, "backoff_max": 0},
         "log": {"format": "json"},
     }
+    tables: list[tuple[str, dict[str, Any]]] = []  # [[name]] arrays of tables, such as alerts
     for name, values in sections.items():
-        config.setdefault(name, {}).update(values)
+        if isinstance(values, list):
+            tables += [(name, table) for table in values]
+        else:
+            config.setdefault(name, {}).update(values)
     text = "\n".join(
         f"[{name}]\n" + "".join(f"{key} = {_toml(value)}\n" for key, value in values.items())
         for name, values in config.items()
+    )
+    text += "".join(
+        f"\n[[{name}]]\n" + "".join(f"{key} = {_toml(value)}\n" for key, value in table.items())
+        for name, table in tables
     )
     path = directory / "dfjob.toml"
     path.write_text(text, encoding="utf-8")
@@ -371,7 +380,7 @@ def make_dfjob(tmp_path: Path) -> Iterator[Callable[..., Dfjob]]:
     daemons: list[Daemon] = []
 
     def make(
-        url: str, name: str = "dfjob", read_url: str | None = None, host: Host | None = None, **sections: dict[str, Any]
+        url: str, name: str = "dfjob", read_url: str | None = None, host: Host | None = None, **sections: Any
     ) -> Dfjob:
         directory = tmp_path / name
         directory.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ of one data flow race for its single active job. Each job runs exactly once; one
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import DFJOB, Daemon, Dfjob, write_config
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -36,13 +38,21 @@ def test_two_burst_workers_run_each_of_500_jobs_exactly_once(pg_dfjob: Dfjob, tm
     flows_file = tmp_path / "flows.toml"
     flows_file.write_text("\n".join(tables), encoding="utf-8")
     assert pg_dfjob.json("flows", "import", str(flows_file)) == {"created": 500, "updated": 0}
+    # Both workers are up and idle before the jobs come, so that neither can take them all alone.
+    workers = [pg_dfjob.start("worker", name=f"worker{index}") for index in range(2)]
+    wait_for(lambda: len([w for w in pg_dfjob.json("workers") if w["state"] == "alive"]) == 2, what="both workers up")
     # Every flow with `every` is due when added: one heartbeat enqueues them all.
     assert pg_dfjob.json("heartbeat") == {"due": 500, "enqueued": 500, "skipped": 0}
 
-    workers = [pg_dfjob.start("worker", "--burst", name=f"worker{index}") for index in range(2)]
-
+    wait_for(
+        lambda: pg_dfjob.db.scalar("SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'") == 500,
+        timeout=180,
+        what="all 500 jobs done",
+    )
     for worker in workers:
-        assert worker.wait(timeout=180) == 0, worker.stderr()[-3000:]
+        worker.signal(signal.SIGTERM)
+    for worker in workers:
+        assert worker.wait(timeout=60) == 0, worker.stderr()[-3000:]
     keys = Counter(line.split()[0] for line in ledger.read_text().splitlines())
     assert keys == Counter(names), "every flow's key must appear exactly once"
     jobs = pg_dfjob.db.jobs()

@@ -369,11 +369,11 @@ def test_renew_extends_only_leases_whose_token_still_holds(database: Settings) -
     leases = [(mine, first.lease_token), (theirs, "0" * 32), (done, finished.lease_token)]
     held = store().renew(leases, later, 30)
 
-    assert held == {mine}
+    assert held == {mine: False}  # renewed, and no one asked to cancel it
     assert _job(mine).lease_expires_at == later + timedelta(seconds=30)
     assert _job(theirs).lease_expires_at == now + timedelta(seconds=30)
     assert _job(done).lease_expires_at is None
-    assert store().renew([], later, 30) == set()
+    assert store().renew([], later, 30) == {}
 
 
 def test_a_lease_taken_back_and_claimed_again_by_the_same_worker_is_not_renewed_by_the_old_one(
@@ -386,9 +386,9 @@ def test_a_lease_taken_back_and_claimed_again_by_the_same_worker_is_not_renewed_
     new = _claim_one(t0 + timedelta(seconds=32), worker="me", lease=30)
     assert (old.job_id, new.job_id) == (job_id, job_id)
 
-    assert store().renew([(job_id, old.lease_token)], t0 + timedelta(seconds=40), 30) == set()
+    assert store().renew([(job_id, old.lease_token)], t0 + timedelta(seconds=40), 30) == {}
     assert _job(job_id).lease_expires_at == t0 + timedelta(seconds=62)
-    assert store().renew([(job_id, new.lease_token)], t0 + timedelta(seconds=40), 30) == {job_id}
+    assert store().renew([(job_id, new.lease_token)], t0 + timedelta(seconds=40), 30) == {job_id: False}
 
 
 def test_claims_whose_answer_never_arrived_go_back_with_their_attempt_and_no_run(database: Settings) -> None:
@@ -455,24 +455,27 @@ def test_rescue_expired_fails_the_job_when_its_attempts_are_used_up(database: Se
 # -- operator changes --------------------------------------------------------------------------------
 
 
-def test_cancel_job_cancels_only_a_queued_job(database: Settings) -> None:
+def test_cancel_ends_a_queued_job_and_asks_a_running_one_to_stop(database: Settings) -> None:
     now = clock.now()
     queued = _enqueue(_flow(database, "tocancel"), now)
     running_flow = _flow(database, "busy")
     running = _enqueue(running_flow, now, run_at=now - timedelta(seconds=1))
-    assert _claim_one(now).job_id == running
+    claimed = _claim_one(now)
+    assert claimed.job_id == running
 
-    store().cancel(queued, now)
+    assert store().cancel(queued, now) == "cancelled"
+    assert store().cancel(running, now) == "running"
 
     job = _job(queued)
     assert (job.status, job.finished_at) == ("cancelled", now)
-    with pytest.raises(DfjobError, match="only a queued job"):
-        store().cancel(running, now)
-    with pytest.raises(DfjobError, match="only a queued job"):
+    assert (_job(running).status, _job(running).cancel_requested) == ("running", True)
+    # Its worker learns it with its next renewal, and from `cancel_requested`.
+    assert store().renew([(running, claimed.lease_token)], now, 30) == {running: True}
+    assert store().cancel_requested([running, queued]) == {running}
+    with pytest.raises(DfjobError, match="only a queued or running job"):
         store().cancel(queued, now)
     with pytest.raises(DfjobError, match="no job"):
         store().cancel(987654, now)
-    assert _job(running).status == "running"
 
 
 def test_retry_job_requeues_a_failed_or_cancelled_job_with_fresh_attempts(database: Settings) -> None:

@@ -288,7 +288,7 @@ def _setting_sections() -> dict[str, set[str]]:
     return {
         field.name: {inner.name for inner in dataclasses.fields(getattr(defaults, field.name))}
         for field in dataclasses.fields(Settings)
-        if field.name != "base_dir"
+        if field.name not in ("base_dir", "config_file", "alerts")  # alerts: [[alerts]] tables, none by default
     }
 
 
@@ -299,7 +299,7 @@ def test_example_file_documents_every_key() -> None:
 
 def test_example_file_values_equal_the_defaults() -> None:
     loaded = load_settings(config_path=str(EXAMPLE))
-    assert dataclasses.replace(loaded, base_dir=".") == Settings()
+    assert dataclasses.replace(loaded, base_dir=".", config_file=None) == Settings()
 
 
 @pytest.mark.parametrize(("section", "key", "value"), CONTRACT_DEFAULTS)
@@ -387,3 +387,36 @@ def test_file_values_are_read(tmp_path: Path) -> None:
     assert settings.retention.finished_jobs == "2d"
     assert (settings.log.format, settings.log.level) == ("json", "debug")
     assert os.path.isabs(settings.base_dir)
+
+
+# -- alerts ---------------------------------------------------------------------------------------
+
+
+def test_alert_destinations_are_read_with_their_defaults(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "dfjob.toml",
+        '[[alerts]]\nurl = "https://hooks.slack.com/services/T/B/X"\nformat = "slack"\non = ["job.failed"]\n\n'
+        '[[alerts]]\nurl = "http://127.0.0.1:9000/alerts"\nsecret = "k"\n',
+    )
+
+    slack, plain = load_settings(config_path=str(path)).alerts
+
+    assert (slack.format, slack.on, slack.secret) == ("slack", ("job.failed",), "")
+    assert (plain.format, plain.on, plain.secret) == ("json", ("job.failed", "flow.late", "queue.stalled"), "k")
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('url = "ftp://example.com/x"', "alerts.url must be an http:// or https:// URL"),
+        ('url = "https://x.example"\non = []', "alerts.on must name at least one"),
+        ('url = "https://x.example"\non = ["job.finished"]', "alerts.on must be one of"),
+        ('url = "https://x.example"\nformat = "xml"', "alerts.format must be one of"),
+        ('url = "https://x.example"\nchannel = "#ops"', "unknown key alerts.channel"),
+    ],
+)
+def test_bad_alert_destinations_are_refused_without_echoing_the_url(tmp_path: Path, table: str, message: str) -> None:
+    path = _write(tmp_path / "dfjob.toml", f"[[alerts]]\n{table}\n")
+    with pytest.raises(DfjobError, match=message) as refused:
+        load_settings(config_path=str(path))
+    assert "example" not in str(refused.value)
