@@ -1,8 +1,8 @@
 """The write batch: what a worker's next turn writes, kept until a turn has written it.
 
-Runs that started and attempts that ended since the last turn wait here; a turn takes them all,
-and puts them back if the database could not be reached. A run that started and ended between
-two turns is written once, with its start and its end together.
+Runs that started, attempts that ended and claimed jobs to hand back unstarted wait here; a turn
+takes them all, and puts them back if the database could not be reached. A run that started and
+ended between two turns is written once, with its start and its end together.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from dfjob.store import Start
-from dfjob.store.rows import LogWrite, Outcome
+from dfjob.store.rows import Claimed, LogWrite, Outcome
 
 
 @dataclass
@@ -19,9 +19,20 @@ class WriteBatch:
     outcomes: list[Outcome] = field(default_factory=list)
     starts: dict[int, datetime] = field(default_factory=dict)
     logs: list[LogWrite] = field(default_factory=list)
+    releases: list[Claimed] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.outcomes or self.starts or self.logs)
+        return bool(self.outcomes or self.starts or self.logs or self.releases)
+
+    def release(self, jobs: list[Claimed]) -> None:
+        self.releases += jobs
+
+    def take_releases(self) -> list[Claimed]:
+        releases, self.releases = self.releases, []
+        return releases
+
+    def put_back_releases(self, releases: list[Claimed]) -> None:
+        self.releases = releases + self.releases
 
     def logged(self, write: LogWrite) -> None:
         self.logs.append(write)
@@ -57,6 +68,6 @@ class WriteBatch:
             for run_id in run_ids:
                 self.starts.setdefault(run_id, at)
 
-    def holds(self) -> list[Outcome]:
-        """Outcomes not yet written: their jobs' leases are still ours to renew."""
-        return list(self.outcomes)
+    def holds(self) -> list[Claimed]:
+        """Jobs whose outcome or hand-back is not yet written: their leases are still ours to renew."""
+        return [outcome.job for outcome in self.outcomes] + list(self.releases)

@@ -3,23 +3,23 @@
 SQLite gets WAL, a busy timeout, foreign keys and `BEGIN IMMEDIATE` for every transaction (one
 writer at a time, and no lock upgrades that fail halfway). Postgres goes through psycopg 3 with a
 short connect timeout, so an unreachable server is a clear error within seconds.
-A URL's password is never printed: `redact_url` and `scrub` are used wherever a URL or a driver
-message could reach output or logs.
+A URL's password is never printed: `passwords.redact_url` and `passwords.scrub` are used wherever a
+URL or a driver message could reach output or logs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote
+from urllib.parse import quote, unquote
 
 import peewee
 
 from dfjob.errors import DatabaseUnavailable, DfjobError
+from dfjob.passwords import USER_PASSWORD, redact_url, remember, scrub, url_password
 
 database_proxy = peewee.DatabaseProxy()
 DEFAULT_SCHEMA = "dfjob"
@@ -34,53 +34,16 @@ CONNECT_TIMEOUT_SECONDS = 5
 # Seconds after which a connection whose packets go unanswered is given up (workers use less).
 DEFAULT_NETWORK_TIMEOUT = 30.0
 
-_password: str | None = None
 # Postgres: the schema dfjob's tables live in (`database.schema`); None on SQLite.
 _schema: str | None = None
 # What the proxy is bound to: (url, base_dir, schema).
 _bound: tuple[str, str, str] | None = None
 
 
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
-# user:password@host…: the password is everything between the first ":" of the user part and the
-# last "@" that a host follows, so a password may hold "/", "@", ":" or "?" unescaped.
-_USER_PASSWORD = re.compile(
-    r"^(?P<user>[^:]+://[^:@/?]*):(?P<password>.*)@(?P<rest>[A-Za-z0-9.\-\[\]:%]*(?:[/?].*)?)$", re.DOTALL
-)
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by `***`, whatever characters it holds."""
-    url = _USER_PASSWORD.sub(r"\g<user>:***@\g<rest>", url, count=1)
-    return _QUERY_PASSWORD.sub(r"\g<1>***", url)
-
-
-def _secrets() -> list[str]:
-    found = [secret for secret in (_password, os.environ.get("PGPASSWORD")) if secret]
-    # Also as they may appear inside a URL: percent-encoded.
-    return sorted({form for secret in found for form in (secret, quote(secret, safe=""))}, key=len, reverse=True)
-
-
-def scrub(text: str) -> str:
-    """Remove the database password from a message, wherever a driver put it, in any form."""
-    for secret in _secrets():
-        text = text.replace(secret, "***")
-    return text
-
-
-def url_password(url: str) -> str | None:
-    """The password a Postgres URL holds (in its user part or as `?password=`), if any."""
-    match = _USER_PASSWORD.match(url)
-    if match:
-        return unquote(match.group("password"))
-    query = url.partition("?")[2]
-    return parse_qs(query).get("password", [None])[0] if query else None
-
-
 def _conninfo(url: str) -> str:
     """The URL as libpq reads it: a password written with "/", "@" or "?" unescaped is escaped."""
     url = "postgresql://" + url.split("://", 1)[1]
-    match = _USER_PASSWORD.match(url)
+    match = USER_PASSWORD.match(url)
     if not match:
         return url
     password = quote(unquote(match.group("password")), safe="")
@@ -97,13 +60,12 @@ def make_database(
     a query is in flight or not. `prepared_statements=False` is for PgBouncer in transaction
     pooling mode, which cannot keep a prepared statement from one transaction to the next.
     """
-    global _password
     scheme = url.split(":", 1)[0]
     if scheme == "sqlite":
         path = sqlite_path(url, base_dir)
         return peewee.SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=30, lock_type="IMMEDIATE")
     if scheme in ("postgresql", "postgres"):
-        _password = url_password(url)
+        remember(url_password(url))
         conninfo = _conninfo(url)
         options: dict[str, Any] = {
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,

@@ -23,8 +23,8 @@ import structlog
 
 from dfjob import clock
 from dfjob.config import Settings, check_callable_path
-from dfjob.db import scrub
 from dfjob.errors import DfjobError
+from dfjob.passwords import scrub
 
 JOB_ENQUEUED = "job.enqueued"
 JOB_STARTED = "job.started"

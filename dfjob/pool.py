@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,11 @@ class Slot:
     # Monotonic times: the attempt's start as the runner reported it, and when it must have ended.
     started: float | None = None
     deadline: float | None = None
+    # Attempts queued in the runner behind `job` (claimed ahead), and those asked back from it.
+    behind: deque[Claimed] = field(default_factory=deque)
+    withdrawing: set[int] = field(default_factory=set)
+    # When `job` became this slot's current attempt (monotonic).
+    since: float = 0.0
     gone: bool = False
 
     @property
@@ -53,6 +59,14 @@ class Slot:
     @property
     def idle(self) -> bool:
         return self.ready and self.job is None and not self.gone
+
+    @property
+    def load(self) -> int:
+        """Attempts given to this runner and not ended: the current one and those behind it."""
+        return (self.job is not None) + len(self.behind)
+
+    def held(self) -> list[Claimed]:
+        return ([self.job] if self.job is not None else []) + list(self.behind)
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,10 @@ class RunnerPool:
 
     def busy(self) -> list[Slot]:
         return [slot for slot in self.slots if slot.job is not None]
+
+    def ready(self) -> list[Slot]:
+        """Runners that take jobs (started up, alive)."""
+        return [slot for slot in self.slots if slot.ready and not slot.gone]
 
     def send(self, slot: Slot, message: protocol.Message) -> bool:
         """False when the runner can no longer be reached (it is dying; `collect` will say so)."""

@@ -72,6 +72,14 @@ class Renew(Message):
     fence: float
 
 
+@dataclass(frozen=True)
+class Withdraw(Message):
+    """Give back these attempts if they have not started (they were queued behind another)."""
+
+    type: ClassVar[str] = "withdraw"
+    run_ids: list[int]
+
+
 # -- runner to supervisor ------------------------------------------------------------------------
 
 
@@ -122,6 +130,15 @@ class Ended(Message):
 
 
 @dataclass(frozen=True)
+class Withdrawn(Message):
+    """These attempts were queued here and will not be started by this runner: withdrawn as
+    asked, or found with their fence already passed when their turn came."""
+
+    type: ClassVar[str] = "withdrawn"
+    run_ids: list[int]
+
+
+@dataclass(frozen=True)
 class Fenced(Message):
     """Sent just before the runner kills its own process group: the attempt's lease would have
     run out unrenewed (`lease`), or its timeout passed (`timeout`)."""
@@ -133,7 +150,9 @@ class Fenced(Message):
     detail: str = ""
 
 
-MESSAGES: dict[str, type[Message]] = {cls.type: cls for cls in (Run, Renew, Ready, Started, Log, Ended, Fenced)}
+MESSAGES: dict[str, type[Message]] = {
+    cls.type: cls for cls in (Run, Renew, Withdraw, Ready, Started, Log, Ended, Withdrawn, Fenced)
+}
 
 
 def encode(message: Message) -> bytes:

@@ -26,14 +26,15 @@ import contextlib
 import ctypes
 import json
 import os
-import queue
 import resource
 import signal
 import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, MutableMapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -51,6 +52,8 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 BACKTRACE_LIMIT = 64 * 1024
 ERROR_LIMIT = 4000
+# A queued attempt whose fence is this close when its turn comes is given back, not started.
+START_MARGIN_SECONDS = 0.5
 
 
 def _prctl(option: int, value: int) -> None:
@@ -277,7 +280,9 @@ class Runner:
         self.channel = channel
         self.allowed = tuple(settings.get("allowed_modules", ()))
         self.max_result_bytes = int(settings.get("max_result_bytes", 1024 * 1024))
-        self.jobs: queue.SimpleQueue[protocol.Run] = queue.SimpleQueue()
+        # Attempts given to this runner, in order; all but the first wait behind it (see `ahead`).
+        self.queued: deque[protocol.Run] = deque()
+        self.queue_changed = threading.Condition()
         self.watchdog = Watchdog(_fence_and_die(channel))
         self.capture = Capture(int(settings.get("log_max_bytes", 1024 * 1024)))
         # What the attempt (and anything it starts) writes to stdout and stderr is its run's log.
@@ -315,15 +320,47 @@ class Runner:
                 os._exit(0)
             for message in messages:
                 if isinstance(message, protocol.Run):
-                    self.watchdog.hold(message.job.run_id, message.fence)
-                    self.jobs.put(message)
+                    with self.queue_changed:
+                        self.queued.append(message)
+                        self.queue_changed.notify()
                 elif isinstance(message, protocol.Renew):
-                    self.watchdog.renew(message.fence)
+                    self.renew(message.fence)
+                elif isinstance(message, protocol.Withdraw):
+                    self.withdraw(set(message.run_ids))
+
+    def renew(self, fence: float) -> None:
+        """Every lease this runner holds was renewed: the running attempt's and the queued ones'."""
+        with self.queue_changed:
+            self.queued = deque(replace(order, fence=max(order.fence, fence)) for order in self.queued)
+        self.watchdog.renew(fence)
+
+    def withdraw(self, run_ids: set[int]) -> None:
+        """Give back the queued attempts among `run_ids` that have not started."""
+        with self.queue_changed:
+            taken = [order.job.run_id for order in self.queued if order.job.run_id in run_ids]
+            self.queued = deque(order for order in self.queued if order.job.run_id not in run_ids)
+        if taken:
+            with contextlib.suppress(OSError):
+                self.channel.send(protocol.Withdrawn(run_ids=taken))
+
+    def next_order(self) -> protocol.Run:
+        """The next attempt to run; one whose fence is (nearly) passed is given back instead: its
+        lease may be gone by the time it would start."""
+        while True:
+            with self.queue_changed:
+                while not self.queued:
+                    self.queue_changed.wait()
+                order = self.queued.popleft()
+            if order.fence - time.monotonic() > START_MARGIN_SECONDS:
+                return order
+            with contextlib.suppress(OSError):
+                self.channel.send(protocol.Withdrawn(run_ids=[order.job.run_id]))
 
     def serve(self) -> None:
         while True:
-            order = self.jobs.get()
+            order = self.next_order()
             job = order.job
+            self.watchdog.hold(job.run_id, order.fence)
             _reset_peak_rss()
             cpu_before = _cpu_seconds()
             self.capture.begin(job.run_id)

@@ -23,13 +23,15 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from multiprocessing.connection import wait
 from typing import Any
 
 from dfjob import clock, dbclock, events, protocol, wakeup
+from dfjob.ahead import HOSTAGE_SECONDS, AheadQueue
 from dfjob.batch import WriteBatch
 from dfjob.config import Settings, resolve_path
 from dfjob.db import describe_error, is_connection_error, reset_connection
@@ -84,6 +86,8 @@ class Stats:
     finished: int = 0
     rescued: int = 0
     claim_requests: int = 0
+    turns: int = 0
+    released: int = 0
 
 
 class Worker:
@@ -105,6 +109,11 @@ class Worker:
         self.stats = Stats()
         self.pool = RunnerPool(self.concurrency, self._runner_settings(), settings.worker.max_result_bytes + (1 << 20))
         self.batch = WriteBatch()
+        self.ahead = AheadQueue()
+        # Per job held: the monotonic time its attempt must stop by without a renewal (see leases).
+        self._fences: dict[int, float] = {}
+        # Jobs an operator cancelled while queued in a runner: cancelled when it gives them back.
+        self._cancel_when_back: set[int] = set()
         self.leases = LeaseKeeper(settings.worker.lease_seconds)
         self.stop = StopState(settings.worker.shutdown_grace)
         self._burst = False
@@ -136,6 +145,7 @@ class Worker:
     def close(self) -> None:
         """Interrupt whatever still runs, write what is left, stop the runners, and say so."""
         self._interrupt_all("interrupted: worker stopped")
+        self.batch.release(self.ahead.take_all())
         try:
             self._turn(claim=False)
             if self._registered:
@@ -145,7 +155,7 @@ class Worker:
         self.pool.close()
         self._close_listener()
         self.stop.close()
-        events.emit(events.WORKER_STOPPED, **self._identity())
+        events.emit(events.WORKER_STOPPED, **self._identity(), **asdict(self.stats))
 
     def run(self, burst: bool = False) -> None:
         """Run until stopped (or, with `burst`, until no job is ready and none is running)."""
@@ -160,7 +170,7 @@ class Worker:
             self.close()
 
     def _done(self) -> bool:
-        if self.pool.busy() or self.batch:
+        if self.pool.busy() or self.batch or self.ahead:
             return False
         if self.stop.requested:
             return True
@@ -183,8 +193,12 @@ class Worker:
                 self._put_back_lost_claims()
             if self._cancel_asked:
                 self._cancel_asked = False
-                busy = [slot.job.job_id for slot in self.pool.busy() if slot.job is not None]
-                self._cancel(store().cancel_requested(busy))
+                self._cancel(store().cancel_requested([job.job_id for job in self._held()]))
+            if self.stop.requested:
+                self._withdraw_all()  # stopping: what has not started goes back at once
+                self._release(self.ahead.take_all())
+            elif self.ahead:
+                self._release(self.ahead.overdue(time.monotonic()))
             claimed = self._turn(given)
             if maintain:
                 self.stats.rescued += len(take_back_expired(now, self.settings.retry))
@@ -199,35 +213,124 @@ class Worker:
         self._wait(self._timeout(claimed))
         self._handle(self.pool.collect())
         self._check_deadlines()
+        self._dispatch()
         return bool(claimed)
+
+    def _release(self, jobs: list[Claimed]) -> None:
+        """Hand these back unstarted at the next turn."""
+        for job in jobs:
+            self._fences.pop(job.job_id, None)
+        self.batch.release(jobs)
+
+    def _held(self) -> list[Claimed]:
+        """Every job this worker holds a lease on and has not written the end of."""
+        return [job for slot in self.pool.slots for job in slot.held()] + self.ahead.jobs()
+
+    def _dispatch(self) -> None:
+        """Give the jobs held unassigned to the runners, the least loaded first, up to the queue
+        depth short runs allow; take jobs back from behind long runs for runners that are free."""
+        depth = self.ahead.depth()
+        while self.ahead and not self.stop.requested:
+            slots = [slot for slot in self.pool.ready() if slot.load <= depth]
+            if not slots:
+                break
+            job = self.ahead.next()
+            assert job is not None
+            self._give(min(slots, key=lambda slot: slot.load), job)
+        self._unblock()
+
+    def _give(self, slot: Slot, job: Claimed) -> None:
+        if slot.job is None:
+            slot.job, slot.started, slot.deadline, slot.since = job, None, None, time.monotonic()
+        else:
+            slot.behind.append(job)
+        self.pool.send(slot, protocol.Run(job=runner_job(job), fence=self._fences[job.job_id]))
+
+    def _unblock(self) -> None:
+        """With a runner free, withdraw the jobs queued behind runs older than HOSTAGE_SECONDS."""
+        if not self.pool.idle():
+            return
+        now = time.monotonic()
+        for slot in self.pool.busy():
+            waiting = [job.run_id for job in slot.behind if job.run_id not in slot.withdrawing]
+            if waiting and now - slot.since > HOSTAGE_SECONDS:
+                self._withdraw(slot, waiting)
+
+    def _withdraw(self, slot: Slot, run_ids: list[int]) -> None:
+        slot.withdrawing.update(run_ids)
+        self.pool.send(slot, protocol.Withdraw(run_ids=run_ids))
+
+    def _withdraw_all(self) -> None:
+        for slot in self.pool.busy():
+            waiting = [job.run_id for job in slot.behind if job.run_id not in slot.withdrawing]
+            if waiting:
+                self._withdraw(slot, waiting)
+
+    def _withdrawn(self, slot: Slot, run_ids: list[int]) -> None:
+        """The runner will not start these: they go back to the worker's unassigned jobs."""
+        back = set(run_ids)
+        slot.withdrawing -= back
+        taken = [job for job in slot.behind if job.run_id in back]
+        slot.behind = deque(job for job in slot.behind if job.run_id not in back)
+        if slot.job is not None and slot.job.run_id in back and slot.started is None:
+            # It refused to start it: its fence had (nearly) passed.
+            taken.insert(0, slot.job)
+            self._next_in(slot)
+        self.ahead.hold(taken)
+        self._cancel_unstarted(self.ahead.take(self._cancel_when_back))
+
+    def _cancel_unstarted(self, jobs: list[Claimed]) -> None:
+        """Jobs asked to stop before they started end `cancelled` without running."""
+        now = clock.now()
+        for job in jobs:
+            self._cancel_when_back.discard(job.job_id)
+            self.batch.ended(Outcome(job, RunStatus.FAILED, now, now, error_message="cancelled", retry=Retry.CANCEL))
+
+    def _next_in(self, slot: Slot) -> None:
+        """The slot's current attempt is over: the next one queued behind it, if any, is current."""
+        slot.job = slot.behind.popleft() if slot.behind else None
+        slot.started = slot.deadline = None
+        slot.since = time.monotonic()
+        if slot.job is not None:
+            slot.withdrawing.discard(slot.job.run_id)  # asked back too late: it is this runner's now
 
     def _renew(self) -> None:
         """Renew every lease we hold (running attempts and outcomes not yet written); an attempt
         whose lease was taken back is stopped at once, and nothing is written about it. Also
         measure the clock against the database's and say we are alive (the worker record)."""
         dbclock.sync()
-        busy = self.pool.busy()
-        held = [(slot.job.job_id, slot.job.lease_token) for slot in busy if slot.job is not None]
-        held += [(outcome.job.job_id, outcome.job.lease_token) for outcome in self.batch.holds()]
+        held = [(job.job_id, job.lease_token) for job in self._held() + self.batch.holds()]
         renewed, fence = self.leases.renew(held)
         self._record_alive([job_id for job_id, _ in held])
-        for slot in busy:
+        for job_id in renewed:
+            self._fences[job_id] = fence
+        for job in self.ahead.take({job.job_id for job in self.ahead.jobs()} - set(renewed)):
+            events.log.warning("job.lease_lost", job_id=job.job_id, worker=self.name)
+        for slot in self.pool.busy():
             if slot.job is None:
                 continue
             if slot.job.job_id in renewed:
+                # Jobs queued behind it whose lease is gone are refused by the runner at their turn.
                 self.pool.send(slot, protocol.Renew(fence=fence))
             else:
                 events.log.warning("job.lease_lost", job_id=slot.job.job_id, worker=self.name)
+                self._forget(slot)
                 self.pool.replace(slot)
         self._cancel({job_id for job_id, asked in renewed.items() if asked})
 
     def _cancel(self, job_ids: set[int]) -> None:
         """Stop the attempts an operator asked to stop: process group and all; the job ends
-        `cancelled`, with no retry."""
+        `cancelled`, with no retry. A job not started yet ends so without running (one queued in a
+        runner is withdrawn first)."""
         for slot in self.pool.busy():
             if slot.job is not None and slot.job.job_id in job_ids:
                 self._fail(slot, "cancelled", Retry.CANCEL)
                 self.pool.replace(slot)
+            queued = [job.run_id for job in slot.behind if job.job_id in job_ids]
+            if queued:
+                self._withdraw(slot, queued)
+                self._cancel_when_back.update(job_ids)
+        self._cancel_unstarted(self.ahead.take(job_ids))
 
     def _record_alive(self, running: list[int]) -> None:
         now = clock.now()
@@ -246,8 +349,7 @@ class Worker:
         self._registered = True
 
     def _put_back_lost_claims(self) -> None:
-        keep = [slot.job.lease_token for slot in self.pool.busy() if slot.job is not None]
-        keep += [outcome.job.lease_token for outcome in self.batch.holds()]
+        keep = [job.lease_token for job in self._held() + self.batch.holds()]
         released = store().release_lost_claims(self.name, keep)
         self._claims_unsure = False
         if released:
@@ -260,25 +362,29 @@ class Worker:
         A claim's lease is stamped from the clock read just before the round trip that the runner's
         fence is counted from too: earlier round trips of the pass (renewals, the worker record)
         must not eat into the lease behind the fence's back."""
-        idle = self.pool.idle() if claim and self._can_claim() and self._claim_allowed() else []
+        wanted = self._wanted() if claim and self._can_claim() and self._claim_allowed() else 0
         request = None
-        if idle:
-            limit = len(idle) if self.max_jobs is None else min(len(idle), self.max_jobs - self.stats.claimed)
+        if wanted:
+            limit = wanted if self.max_jobs is None else min(wanted, self.max_jobs - self.stats.claimed)
             stamp = now if now is not None else clock.now()
             request = ClaimRequest(self.name, self.queues, limit, stamp, self.settings.worker.lease_seconds)
         if not self.batch and request is None:
             return []
         outcomes, starts = self.batch.take()
         logs = self.batch.take_logs()
+        releases = self.batch.take_releases()
         sent = time.monotonic()
+        self.stats.turns += 1
+        self.stats.released += len(releases)
         if request is not None:
             self._last_claim = sent
             self.stats.claim_requests += 1
         try:
-            turn = store().turn(outcomes, starts, request, self.settings.retry, logs)
+            turn = store().turn(outcomes, starts, request, self.settings.retry, logs, releases)
         except Exception as exc:
             self.batch.put_back(outcomes, starts)
             self.batch.put_back_logs(logs)
+            self.batch.put_back_releases(releases)
             self._claims_unsure = self._claims_unsure or request is not None
             if is_connection_error(exc) or not outcomes:
                 raise
@@ -303,11 +409,19 @@ class Worker:
             if self._next_retry is not None and time.monotonic() >= self._next_retry:
                 self._next_retry = None  # this claim looked for it
         fence = self.leases.fence(sent)
-        for slot, job in zip(idle, turn.claimed, strict=False):
-            slot.job, slot.started, slot.deadline = job, None, None
-            self.pool.send(slot, protocol.Run(job=runner_job(job), fence=fence))
+        for job in turn.claimed:
+            self._fences[job.job_id] = fence
+        self.ahead.hold(turn.claimed)
+        self._dispatch()
         self.stats.claimed += len(turn.claimed)
         return turn.claimed
+
+    def _wanted(self) -> int:
+        """How many jobs to claim: one per free runner, and behind short runs as many as the queue
+        depth allows (none while jobs are being handed back)."""
+        depth = 0 if self.batch.releases else self.ahead.depth()
+        room = sum(max(0, 1 + depth - slot.load) for slot in self.pool.ready())
+        return max(0, room - len(self.ahead))
 
     def _claim_allowed(self) -> bool:
         """False for a moment after a claim that found nothing (see MIN_IDLE_CLAIM_INTERVAL);
@@ -369,6 +483,9 @@ class Worker:
                     self.pool.replace(item.slot)
                 continue
             slot, message = item.slot, item.message
+            if isinstance(message, protocol.Withdrawn):
+                self._withdrawn(slot, message.run_ids)
+                continue
             job = slot.job
             if job is None or getattr(message, "run_id", None) != job.run_id:
                 continue
@@ -399,6 +516,8 @@ class Worker:
         events.emit(events.JOB_STARTED, **job.event_fields(), worker=self.name)
 
     def _ended(self, slot: Slot, job: Claimed, message: protocol.Ended) -> None:
+        if slot.started is not None:
+            self.ahead.ran(message.at - slot.started)
         self.batch.ended(
             Outcome(
                 job=job,
@@ -413,21 +532,38 @@ class Worker:
                 max_rss_kb=message.max_rss_kb,
             )
         )
-        slot.job = None
+        self._fences.pop(job.job_id, None)
         if message.leftovers:
             # Processes the attempt started are still running: they die with the runner.
             events.log.warning("runner.leftovers", job_id=job.job_id, run_id=job.run_id, worker=self.name)
+            slot.job = slot.started = slot.deadline = None
+            self._forget(slot)
             self.pool.replace(slot)
+        else:
+            self._next_in(slot)
 
     def _fail(self, slot: Slot, message: str, retry: Retry) -> None:
-        """End the slot's attempt (if any) as failed; the caller deals with the runner."""
+        """End the slot's attempt (if any) as failed; the caller deals with the runner. An attempt
+        the runner never said it started never ran: it is handed back, its attempt not counted
+        (a cancel still ends it `cancelled`)."""
         job = slot.job
         if job is None:
             return
         ended = clock.now()
-        started = wall_time(slot.started) if slot.started is not None else ended
-        self.batch.ended(Outcome(job, RunStatus.FAILED, started, ended, error_message=message, retry=retry))
+        if slot.started is None and retry != Retry.CANCEL:
+            self._release([job])
+        else:
+            started = wall_time(slot.started) if slot.started is not None else ended
+            self.batch.ended(Outcome(job, RunStatus.FAILED, started, ended, error_message=message, retry=retry))
+            self._fences.pop(job.job_id, None)
         slot.job = slot.started = slot.deadline = None
+        self._forget(slot)
+
+    def _forget(self, slot: Slot) -> None:
+        """The slot's runner is being replaced: what was queued behind its attempt never started
+        there; it goes back to the worker's unassigned jobs (to another runner, or handed back)."""
+        self.ahead.hold(slot.behind)
+        slot.behind, slot.withdrawing = deque(), set()
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()
@@ -496,6 +632,11 @@ class Worker:
             deadlines.append(self._next_retry)
         if self._claim_held_until is not None:
             deadlines.append(self._claim_held_until)
+        overdue = self.ahead.next_overdue_at()
+        if overdue is not None:
+            deadlines.append(overdue)
+        if self.pool.idle():
+            deadlines += [slot.since + HOSTAGE_SECONDS for slot in self.pool.busy() if slot.behind]
         if self.pool.busy() or self.batch:
             deadlines.append(self.leases.next_renewal())
         for deadline in deadlines:

@@ -25,13 +25,12 @@ from dfjob.db import (
     connect,
     describe_error,
     is_connection_error,
-    redact_url,
     reset_connection,
-    scrub,
     sqlite_path,
 )
 from dfjob.errors import DatabaseUnavailable, DfjobError
 from dfjob.flow import add_import_paths
+from dfjob.passwords import redact_url, scrub
 from dfjob.text import printable
 
 _debug = False

@@ -6,7 +6,7 @@ from typing import Any
 
 from dfjob import migrations
 from dfjob.cli.app import cli, current_app, emit, json_option
-from dfjob.db import redact_url
+from dfjob.passwords import redact_url
 
 # -- db ------------------------------------------------------------------------------------------
 

@@ -310,13 +310,22 @@ class Store(ABC):
         request: ClaimRequest | None,
         retry: RetrySettings,
         logs: Sequence[LogWrite] = (),
+        releases: Sequence[Claimed] = (),
     ) -> Turn:
         """Write what attempts printed, mark the runs that started, record the attempts that
-        ended, then claim more jobs, in one round trip (Postgres) or one transaction (SQLite).
+        ended, hand back claimed jobs that never started (`releases`), then claim more jobs, in
+        one round trip (Postgres) or one transaction (SQLite).
 
         A run's start is written before its end, so a run that started and ended between two
         turns still gets its `started_at`.
         """
+
+    # Handing back a claimed job that never started, fenced by its lease: queued again, its
+    # attempt given back, its pending run gone, as if it had never been claimed.
+    RELEASE_JOB = (
+        "UPDATE dfjob.jobs SET status = 'queued', attempts = attempts - 1, locked_by = NULL, lease_token = NULL,"
+        " lease_expires_at = NULL"
+    )
 
     def _plan(self, outcome: Outcome, retry: RetrySettings) -> tuple[Finished, tuple[Any, ...]]:
         """What an outcome does to its job (`policy.decide`), and the row the finish writes for it."""

@@ -17,7 +17,7 @@ from dfjob.db import statement_limit_ms
 from dfjob.models import to_db_time
 from dfjob.sql import execute, pipeline
 from dfjob.store import Start, Store, claim_candidates
-from dfjob.store.rows import ClaimRequest, Downstream, LogWrite, Outcome, Turn
+from dfjob.store.rows import Claimed, ClaimRequest, Downstream, LogWrite, Outcome, Turn
 
 # One outcome per row of `unnest`: one array per column.
 FINISH_COLUMNS = (
@@ -221,10 +221,11 @@ class PostgresStore(Store):
         request: ClaimRequest | None,
         retry: RetrySettings,
         logs: Sequence[LogWrite] = (),
+        releases: Sequence[Claimed] = (),
     ) -> Turn:
         planned = [self._plan(outcome, retry) for outcome in outcomes]
         token = self.new_token()
-        statements = _limits() + _log_statements(logs)
+        statements = _limits() + self._release_statements(releases) + _log_statements(logs)
         statements += [self._mark_started_statement(run_ids, stamp) for run_ids, stamp in starts if run_ids]
         finish_at = claim_at = -1
         if planned:
@@ -248,6 +249,22 @@ class PostgresStore(Store):
         worker = request.worker if request is not None else ""
         downstream = [Downstream(*row[:4]) for row in results[downstream_at]] if downstream_at >= 0 else []
         return Turn(self._stale(planned, changed), [self._claimed(row, token, worker) for row in claimed], downstream)
+
+    def _release_statements(self, jobs: Sequence[Claimed]) -> list[tuple[str, list[Any]]]:
+        """See `Store.RELEASE_JOB`; other workers are woken for the jobs that went back."""
+        if not jobs:
+            return []
+        sql = (
+            "WITH v AS (SELECT * FROM unnest(CAST(? AS bigint[]), CAST(? AS text[]), CAST(? AS bigint[]))"
+            "  AS v(id, token, run_id)),"
+            f" j AS ({self.RELEASE_JOB} FROM v WHERE jobs.id = v.id AND jobs.lease_token = v.token"
+            "  AND jobs.status = 'running' RETURNING jobs.id, jobs.queue),"
+            " r AS (DELETE FROM dfjob.data_flow_runs USING v, j WHERE j.id = v.id AND data_flow_runs.id = v.run_id"
+            "  AND data_flow_runs.status = 'pending')"
+            " SELECT pg_notify(?, q.queue) FROM (SELECT DISTINCT queue FROM j) AS q"
+        )
+        params = [[job.job_id for job in jobs], [job.lease_token for job in jobs], [job.run_id for job in jobs]]
+        return [(sql, [*params, wakeup.channel()])]
 
     def _downstream(self, succeeded: Sequence[int], retry: RetrySettings, now: datetime) -> tuple[str, list[Any]]:
         """The downstream INSERT, with the flows it enqueued stamped and their workers woken."""

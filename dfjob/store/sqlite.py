@@ -14,7 +14,7 @@ from dfjob.db import write_transaction
 from dfjob.models import to_db_time
 from dfjob.sql import execute, marks
 from dfjob.store import Start, Store, claim_candidates
-from dfjob.store.rows import ClaimRequest, Downstream, Finished, LogWrite, Outcome, Turn
+from dfjob.store.rows import Claimed, ClaimRequest, Downstream, Finished, LogWrite, Outcome, Turn
 
 # SQLite's limit on parameters per statement is 32766; rows are written in chunks well below it.
 CHUNK = 300
@@ -138,11 +138,14 @@ class SqliteStore(Store):
         request: ClaimRequest | None,
         retry: RetrySettings,
         logs: Sequence[LogWrite] = (),
+        releases: Sequence[Claimed] = (),
     ) -> Turn:
         planned = [self._plan(outcome, retry) for outcome in outcomes]
         token = self.new_token()
         downstream: list[Downstream] = []
+        released = False
         with write_transaction():
+            released = self._release(releases)
             self._write_logs(logs)
             for run_ids, stamp in starts:
                 if run_ids:
@@ -153,7 +156,7 @@ class SqliteStore(Store):
                 now = request.now if request is not None else clock.now()
                 downstream = self._downstream([item.outcome.job.job_id for item in succeeded], retry, now)
             claimed = self._claim(request, token) if request is not None else []
-        if downstream:
+        if downstream or released:
             self.wake_after_commit()
         worker = request.worker if request is not None else ""
         return Turn(self._stale(planned, changed), [self._claimed(row, token, worker) for row in claimed], downstream)
@@ -170,6 +173,19 @@ class SqliteStore(Store):
         )
         names = dict(execute(f"SELECT id, name FROM dfjob.data_flows WHERE {where}", flow_ids).fetchall())
         return [Downstream(job_id, flow_id, names[flow_id], queue) for job_id, flow_id, queue in sorted(created)]
+
+    def _release(self, jobs: Sequence[Claimed]) -> bool:
+        """Inside the turn's transaction: see `Store.RELEASE_JOB`. True if any went back."""
+        released = False
+        for job in jobs:
+            back = execute(
+                f"{self.RELEASE_JOB} WHERE id = ? AND lease_token = ? AND status = 'running'",
+                (job.job_id, job.lease_token),
+            ).rowcount
+            if back:
+                released = True
+                execute("DELETE FROM dfjob.data_flow_runs WHERE id = ? AND status = 'pending'", (job.run_id,))
+        return released
 
     @staticmethod
     def _write_logs(logs: Sequence[LogWrite]) -> None:

@@ -202,7 +202,7 @@ def parse_args(argv: Sequence[str], scenarios: dict[str, Scenario]) -> argparse.
 
 def connect_servers(args: argparse.Namespace, bench: Bench, work: Path) -> list[Server]:
     """The servers of `--backend`; an unreachable Postgres is recorded as skipped, with the reason."""
-    from dfjob.db import redact_url
+    from dfjob.passwords import redact_url
 
     servers: list[Server] = []
     wanted = BACKENDS if args.backend == "all" else (args.backend,)

@@ -74,7 +74,7 @@ class PostgresServer:
         self.version = str(self._admin("SELECT current_setting('server_version')")[0][0])
 
     def describe(self) -> str:
-        from dfjob.db import redact_url
+        from dfjob.passwords import redact_url
 
         return f"PostgreSQL {self.version} at {redact_url(self.url)}, databases dfjob_bench_{os.getpid()}_*"
 

@@ -180,6 +180,13 @@ class Flood(dfjob.Flow):
         return {"lines": lines}
 
 
+class Stamp(dfjob.Flow):
+    """Returns when its run() was entered (time.time()): the flow's own record of its start."""
+
+    def run(self) -> dict[str, Any]:
+        return {"entered": time.time()}
+
+
 class NotAFlow:
     def run(self) -> None:
         pass

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from dfjob import db
+from dfjob import db, passwords
 
 
 @pytest.mark.parametrize(
@@ -23,7 +23,7 @@ def test_redact_url_hides_the_password_wherever_it_stands(url: str, shown: str) 
 
 
 def test_scrub_removes_the_password_of_the_database_last_built(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(db, "_password", None)
+    monkeypatch.setattr(passwords, "_password", None)
     db.make_database("postgresql://u:s3cret@127.0.0.1:1/db", ".")
     assert db.scrub('auth failed for "u" with s3cret') == 'auth failed for "u" with ***'
     db.make_database("postgresql://u@127.0.0.1:1/db?password=hunter2", ".")
