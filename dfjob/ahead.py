@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from dfjob.store.rows import Claimed
 
 AHEAD_WORK_SECONDS = 0.05
-MAX_PER_RUNNER = 8
+MAX_PER_RUNNER = 32
 # A job held unassigned this long (every runner busy with something long) is handed back.
 MAX_WAIT_SECONDS = 1.0
 # A job queued behind a run this old is taken back for a runner that is free.

@@ -24,7 +24,7 @@ import structlog
 from dfjob import clock
 from dfjob.config import Settings, check_callable_path
 from dfjob.errors import DfjobError
-from dfjob.passwords import scrub
+from dfjob.passwords import has_secrets, scrub
 
 JOB_ENQUEUED = "job.enqueued"
 JOB_STARTED = "job.started"
@@ -60,6 +60,8 @@ def resolved_format(log_format: str) -> str:
 
 def _scrub(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """No database password in any log line, not even in an exception's text."""
+    if not has_secrets():
+        return event_dict
     for key, value in event_dict.items():
         if isinstance(value, str):
             event_dict[key] = scrub(value)

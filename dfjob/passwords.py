@@ -18,6 +18,8 @@ USER_PASSWORD = re.compile(
 )
 
 _password: str | None = None
+# What `scrub` looks for, worked out again when the password or PGPASSWORD changes.
+_cached: tuple[tuple[str | None, str | None], list[str]] = ((None, None), [])
 
 
 def remember(password: str | None) -> None:
@@ -33,9 +35,18 @@ def redact_url(url: str) -> str:
 
 
 def _secrets() -> list[str]:
-    found = [secret for secret in (_password, os.environ.get("PGPASSWORD")) if secret]
-    # Also as they may appear inside a URL: percent-encoded.
-    return sorted({form for secret in found for form in (secret, quote(secret, safe=""))}, key=len, reverse=True)
+    global _cached
+    key = (_password, os.environ.get("PGPASSWORD"))
+    if key != _cached[0]:
+        found = [secret for secret in key if secret]
+        # Also as they may appear inside a URL: percent-encoded.
+        forms = {form for secret in found for form in (secret, quote(secret, safe=""))}
+        _cached = (key, sorted(forms, key=len, reverse=True))
+    return _cached[1]
+
+
+def has_secrets() -> bool:
+    return bool(_secrets())
 
 
 def scrub(text: str) -> str:

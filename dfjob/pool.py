@@ -1,4 +1,5 @@
-"""The runner pool: one runner process per slot; spawn, send, read, replace.
+"""The runner pool: one runner process per slot, forked from a template (`forkserver`); spawn,
+send, read, replace.
 
 The supervisor never blocks on a runner. It waits on each runner's pipe and on a pidfd of the
 process itself, so a runner that dies is seen at once, even when something it started still
@@ -13,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -22,6 +22,7 @@ from typing import Any
 
 from dfjob import protocol
 from dfjob.errors import DfjobError
+from dfjob.forkserver import ForkedRunner, ForkServer, ForkServerGone
 from dfjob.runner import SETTINGS_ENV
 from dfjob.store.rows import Claimed
 
@@ -35,7 +36,7 @@ class Slot:
     """One runner process and the attempt it is running, if any."""
 
     index: int
-    process: subprocess.Popen[bytes]
+    process: ForkedRunner
     pidfd: int
     to_runner: int
     from_runner: int
@@ -90,8 +91,15 @@ class RunnerPool:
     max_frame: int
     slots: list[Slot] = field(default_factory=list)
     _failed_starts: int = 0
+    _forks: ForkServer = field(init=False)
+
+    def __post_init__(self) -> None:
+        env = {key: value for key, value in os.environ.items() if key not in HIDDEN_ENVIRONMENT}
+        env[SETTINGS_ENV] = json.dumps(self.runner_settings)
+        self._forks = ForkServer(env)
 
     def start(self) -> None:
+        self._forks.start()
         self.slots = [self._spawn(index) for index in range(self.size)]
 
     def fds(self) -> list[int]:
@@ -108,9 +116,10 @@ class RunnerPool:
         """Runners that take jobs (started up, alive)."""
         return [slot for slot in self.slots if slot.ready and not slot.gone]
 
-    def send(self, slot: Slot, message: protocol.Message) -> bool:
-        """False when the runner can no longer be reached (it is dying; `collect` will say so)."""
-        frame = protocol.encode(message)
+    def send(self, slot: Slot, *messages: protocol.Message) -> bool:
+        """Send messages in one write; False when the runner can no longer be reached (it is
+        dying; `collect` will say so)."""
+        frame = b"".join(protocol.encode(message) for message in messages)
         try:
             written = os.write(slot.to_runner, frame)
         except OSError:
@@ -216,30 +225,33 @@ class RunnerPool:
                 slot.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             self.kill(slot)
         self.slots = []
+        self._forks.stop()
 
     def _spawn(self, index: int) -> Slot:
         to_runner_r, to_runner_w = os.pipe()
         from_runner_r, from_runner_w = os.pipe()
-        env = {key: value for key, value in os.environ.items() if key not in HIDDEN_ENVIRONMENT}
-        env[SETTINGS_ENV] = json.dumps(self.runner_settings)
-        # -P: the working directory is not on the runner's import path (a stray json.py there
-        # must not run); it leads its own process group from the start.
-        process = subprocess.Popen(
-            [sys.executable, "-P", "-m", "dfjob.runner", str(to_runner_r), str(from_runner_w)],
-            pass_fds=(to_runner_r, from_runner_w),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        os.close(to_runner_r)
-        os.close(from_runner_w)
+        try:
+            pid, pidfd = self._fork(to_runner_r, from_runner_w)
+        finally:
+            os.close(to_runner_r)
+            os.close(from_runner_w)
         for fd in (to_runner_w, from_runner_r):
             os.set_blocking(fd, False)
         return Slot(
             index=index,
-            process=process,
-            pidfd=os.pidfd_open(process.pid),
+            process=ForkedRunner(pid, pidfd, self._forks),
+            pidfd=pidfd,
             to_runner=to_runner_w,
             from_runner=from_runner_r,
             reader=protocol.FrameReader(self.max_frame),
         )
+
+    def _fork(self, read_fd: int, write_fd: int) -> tuple[int, int]:
+        """A runner forked from the template; a template that died is started again, once."""
+        try:
+            return self._forks.fork(read_fd, write_fd)
+        except ForkServerGone:
+            self._failed_starts += 1
+            if self._failed_starts >= MAX_FAILED_STARTS:
+                raise DfjobError("the runner template process keeps dying; see the log above") from None
+            return self._forks.fork(read_fd, write_fd)

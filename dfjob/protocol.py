@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import struct
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 MAGIC = b"\xdf\x01"
@@ -155,9 +155,17 @@ MESSAGES: dict[str, type[Message]] = {
 }
 
 
+def _plain(message: Message | Job) -> dict[str, Any]:
+    """A message's fields as JSON-ready values (a shallow walk: `asdict` deep-copies everything)."""
+    return {
+        item.name: _plain(value) if isinstance(value := getattr(message, item.name), Job) else value
+        for item in fields(message)
+    }
+
+
 def encode(message: Message) -> bytes:
     """One frame holding `message`."""
-    body = json.dumps({"type": message.type, **asdict(message)}, separators=(",", ":"), allow_nan=False).encode()
+    body = json.dumps({"type": message.type, **_plain(message)}, separators=(",", ":"), allow_nan=False).encode()
     return HEADER.pack(MAGIC, len(body)) + body
 
 

@@ -390,7 +390,9 @@ class Runner:
             )
 
 
-def main(read_fd: int, write_fd: int) -> None:
+def main(read_fd: int, write_fd: int, settings: dict[str, Any] | None = None) -> None:
+    """Become a runner serving the supervisor on these pipe ends (`settings`: as the worker
+    passes them in SETTINGS_ENV, already read by a fork server)."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _do_nothing)
     with contextlib.suppress(OSError):
@@ -399,7 +401,8 @@ def main(read_fd: int, write_fd: int) -> None:
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     for fd in (read_fd, write_fd):
         os.set_inheritable(fd, False)
-    settings = json.loads(os.environ.pop(SETTINGS_ENV, "{}"))
+    if settings is None:
+        settings = json.loads(os.environ.pop(SETTINGS_ENV, "{}"))
     configure_logging(settings.get("log_format", "json"), settings.get("log_level", "info"))
     add_import_paths(tuple(settings.get("paths", ())))
     channel = Channel(read_fd, write_fd, int(settings.get("max_frame", 64 * 1024)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import socket
 import time
 import uuid
@@ -155,7 +156,12 @@ class Worker:
         self.pool.close()
         self._close_listener()
         self.stop.close()
-        events.emit(events.WORKER_STOPPED, **self._identity(), **asdict(self.stats))
+        own, runners = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu: dict[str, Any] = {
+            "cpu_seconds": round(own.ru_utime + own.ru_stime, 3),
+            "runner_cpu_seconds": round(runners.ru_utime + runners.ru_stime, 3),  # reaped: template and runners
+        }
+        events.emit(events.WORKER_STOPPED, **self._identity(), **asdict(self.stats), **cpu)
 
     def run(self, burst: bool = False) -> None:
         """Run until stopped (or, with `burst`, until no job is ready and none is running)."""
@@ -230,21 +236,26 @@ class Worker:
         """Give the jobs held unassigned to the runners, the least loaded first, up to the queue
         depth short runs allow; take jobs back from behind long runs for runners that are free."""
         depth = self.ahead.depth()
+        given: dict[int, list[protocol.Message]] = {}
         while self.ahead and not self.stop.requested:
             slots = [slot for slot in self.pool.ready() if slot.load <= depth]
             if not slots:
                 break
             job = self.ahead.next()
             assert job is not None
-            self._give(min(slots, key=lambda slot: slot.load), job)
+            slot = min(slots, key=lambda slot: slot.load)
+            given.setdefault(slot.index, []).append(self._give(slot, job))
+        for index, messages in given.items():
+            self.pool.send(self.pool.slots[index], *messages)  # one write per runner
         self._unblock()
 
-    def _give(self, slot: Slot, job: Claimed) -> None:
+    def _give(self, slot: Slot, job: Claimed) -> protocol.Run:
+        """Make `job` the slot's (current, or queued behind it); returns the message to send."""
         if slot.job is None:
             slot.job, slot.started, slot.deadline, slot.since = job, None, None, time.monotonic()
         else:
             slot.behind.append(job)
-        self.pool.send(slot, protocol.Run(job=runner_job(job), fence=self._fences[job.job_id]))
+        return protocol.Run(job=runner_job(job), fence=self._fences[job.job_id])
 
     def _unblock(self) -> None:
         """With a runner free, withdraw the jobs queued behind runs older than HOSTAGE_SECONDS."""

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from benchmarks import baseline
+from benchmarks import baseline, costs
 from benchmarks.common import NOOP, BenchError, as_utc, db_stamp, progress, utc_now
 from benchmarks.harness import Bench, Scenario
 from benchmarks.procs import dfjob_command, finish_all, start
@@ -16,10 +16,15 @@ from benchmarks.servers import Env, Server
 KINDS = (("raw1", "raw 1/claim"), ("raw10", "raw 10/claim"))
 
 
-def drain_once(bench: Bench, env: Env, kind: str, workers: int, jobs: int) -> tuple[float, dict[str, Any]]:
-    """Start `workers` processes of `kind` (dfjob, raw1, raw10) on the queued jobs; jobs/s until the last."""
+def drain_once(
+    bench: Bench, env: Env, kind: str, workers: int, jobs: int, concurrency: int | None = None
+) -> tuple[float, dict[str, Any]]:
+    """Start `workers` processes of `kind` (dfjob, raw1, raw10) on the queued jobs; jobs/s until the last.
+    The details say what each job cost: CPU of the workers (and of the database server, when it
+    runs here) and transactions."""
+    concurrency = concurrency or bench.args.concurrency
+    before = costs.snapshot(env)
     env.close()  # this process holds no connection while they run
-    concurrency = bench.args.concurrency
     began = utc_now()
     procs = []
     for index in range(workers):
@@ -46,6 +51,7 @@ def drain_once(bench: Bench, env: Env, kind: str, workers: int, jobs: int) -> tu
         raise BenchError(f"{kind}: {count} of {jobs} jobs succeeded ({left})")
     seconds = (as_utc(last) - began).total_seconds()
     details: dict[str, Any] = {"jobs": jobs, "processes": workers, "seconds": round(seconds, 3)}
+    details.update(costs.per_job(env, before, jobs, [env.folder / f"{kind}-{index}.log" for index in range(workers)]))
     if kind == "dfjob":
         runs, first = env.sql(
             "SELECT COUNT(*), MIN(started_at) FROM data_flow_runs WHERE status = 'success' AND started_at >= ?",

@@ -8,15 +8,16 @@ import time
 from benchmarks import baseline
 from benchmarks.common import BenchError, progress
 from benchmarks.harness import Bench, Scenario
-from benchmarks.procs import CLK_TCK, children, cpu_ticks, dfjob_command, settle, start, status_kb, stop
+from benchmarks.procs import CLK_TCK, children, cpu_ticks, descendants, dfjob_command, settle, start, status_kb, stop
 from benchmarks.results import Figure, Goal, dfjob_at_most
 from benchmarks.servers import Server
 
 
 def idle(bench: Bench, server: Server) -> None:
     """a `dfjob worker --concurrency C` with nothing to do: CPU share (utime+stime of the
-    supervisor and its runners, % of one core) and peak RSS (VmHWM of the supervisor;
-    runners in the details). Baseline: a hand-written worker polling every 1 s.
+    supervisor, its runner template and its runners, % of one core) and peak RSS (VmHWM of the
+    supervisor; template and runners in the details). Baseline: a hand-written worker polling
+    every 1 s.
     """
     seconds = bench.args.idle_seconds
     concurrency = bench.args.concurrency
@@ -31,14 +32,16 @@ def idle(bench: Bench, server: Server) -> None:
         spec = {"backend": env.backend, "target": env.raw_target, "mode": "poll", "poll": 1.0}
         raw = start(baseline.command(spec), env.folder / "raw.log", "baseline worker", env.folder)
         deadline = time.monotonic() + 60
-        while len(children(worker.pid)) < concurrency or "worker.started" not in worker.log_tail(50):
+        # The worker's runner template and the runners forked from it.
+        while len(descendants(worker.pid)) < concurrency + 1 or "worker.started" not in worker.log_tail(50):
             if worker.popen.poll() is not None:
                 raise BenchError(f"idle worker exited with {worker.popen.returncode}:\n{worker.log_tail()}")
             if time.monotonic() > deadline:
                 raise BenchError(f"idle worker did not start within 60s:\n{worker.log_tail()}")
             time.sleep(0.05)
-        runners = children(worker.pid)
-        tree = [worker.pid, *runners]
+        [template] = children(worker.pid)
+        runners = children(template)
+        tree = [worker.pid, template, *runners]
         settle(tree)
         before = sum(cpu_ticks(pid) for pid in tree), cpu_ticks(raw.pid)
         began = time.monotonic()
@@ -47,6 +50,7 @@ def idle(bench: Bench, server: Server) -> None:
         wall = time.monotonic() - began
         supervisor_kb = status_kb(worker.pid, "VmHWM")
         runner_kb = [status_kb(pid, "VmHWM") for pid in runners]
+        template_kb = status_kb(template, "VmHWM")
         raw_kb = status_kb(raw.pid, "VmHWM")
         code = stop(worker)
         stop(raw)
@@ -79,6 +83,7 @@ def idle(bench: Bench, server: Server) -> None:
             baseline_name=baseline_name,
             details={
                 "runners": len(runner_kb),
+                "template_peak_rss_mb": round(template_kb / 1024, 1),
                 "runner_peak_rss_mb_max": round(max(runner_kb, default=0) / 1024, 1),
                 "runner_peak_rss_mb_sum": round(sum(runner_kb) / 1024, 1),
             },

@@ -124,6 +124,14 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (a worker: its runner template and the runners it forked)."""
+    found: list[int] = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
+
+
 def status_kb(pid: int, key: str) -> int:
     """A kB figure from /proc/PID/status, such as VmHWM (peak RSS)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from benchmarks import drain, heartbeat, history, idle, latency, lateness, operator
+from benchmarks import drain, heartbeat, history, idle, latency, lateness, operator, throughput
 from benchmarks.harness import Scenario
 
 SCENARIOS: dict[str, Scenario] = {
     "drain": drain.SCENARIO,
+    "throughput": throughput.SCENARIO,
     "latency": latency.SCENARIO,
     "heartbeat": heartbeat.SCENARIO,
     "lateness": lateness.SCENARIO,

@@ -165,7 +165,8 @@ def test_a_stop_signal_to_a_stopped_daemon_leaves_no_traceback_from_runners(dfjo
         env=_child_env(),
         start_new_session=True,
     )
-    wait_for(lambda: len(children(worker.pid)) >= 4, what="the runners to be spawned")
+    # The runners are children of the worker's template process.
+    wait_for(lambda: sum(len(children(child)) for child in children(worker.pid)) >= 4, what="the runners to be spawned")
     worker.kill()
     _, err = worker.communicate(timeout=30)
     assert "Traceback" not in err.decode()

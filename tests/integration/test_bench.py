@@ -28,6 +28,9 @@ POSTGRES_URL = os.environ.get("DFJOB_TEST_POSTGRES_URL", "")
 WORKERS = (1, 2, 4)
 KEYS = [
     *(f"drain_w{w}_vs_{kind}" for w in WORKERS for kind in ("raw1", "raw10")),
+    *(f"throughput_{shape}" for shape in ("2x4", "2x1", "1x1")),
+    "startup_exec",
+    "startup_ready",
     "latency_p50",
     "latency_p95",
     "heartbeat",
@@ -40,6 +43,9 @@ KEYS = [
 ]
 LABELS = [
     *(f"drain W={w} vs raw {n}/claim" for w in WORKERS for n in (1, 10)),
+    *(f"drain {p} x concurrency {c} vs raw 1/claim" for p, c in ((2, 4), (2, 1), (1, 1))),
+    "exec -> first job started",
+    "worker.started -> first job started",
     "latency p50 enqueue->in_progress",
     "latency p95 enqueue->in_progress",
     "heartbeat over",
