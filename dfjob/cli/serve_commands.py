@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import click
 
-from dfjob import dbclock, events
+from dfjob import dbclock, events, migrations
 from dfjob.cli.app import cli, current_app
 from dfjob.config import check_serve, resolve_path
 from dfjob.db import describe_error, is_connection_error
@@ -61,10 +61,13 @@ def serve(host: str | None, port: int | None) -> None:
 
 
 def _connect() -> None:
-    """Bind the database; one that cannot be reached now is reached on a later request (and
-    /healthz says so meanwhile). A SQLite file that is not there is refused: serve creates nothing."""
+    """Bind the database, and give an empty one its tables (serve writes, as `trigger` does). One
+    that cannot be reached now is reached on a later request; one at another schema version is
+    left alone. Meanwhile /healthz says why it is not healthy."""
     try:
-        current_app().connect(writes=False)
+        current_app().connect(writes=True)
+        if migrations.database_version() == 0:
+            migrations.create_schema()
         dbclock.sync()
     except DatabaseUnavailable as exc:
         events.emit(events.DB_UNAVAILABLE, error=str(exc), retry_in=0)
