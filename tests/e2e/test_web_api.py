@@ -13,7 +13,7 @@ import pytest
 
 from dfjob import migrations
 from tests.e2e.conftest import Dfjob
-from tests.support.web import TOKEN, Served, start_serve
+from tests.support.web import TOKEN, Served, execute_sql, start_serve
 
 
 @pytest.fixture
@@ -224,16 +224,7 @@ def test_healthz_answers_503_for_a_schema_older_or_newer(web: Dfjob, served: Ser
     assert served.get("/healthz", token=None).json() == {"ok": True, "schema": migrations.LATEST}
     web.add_flow("hello", "sample_flows:Succeed")
     newer = migrations.LATEST + 1
-    if web.url.startswith("sqlite:"):
-        import sqlite3
-
-        with sqlite3.connect(web.url[len("sqlite:///") :]) as conn:
-            conn.execute("INSERT INTO dfjob_schema (version, name) VALUES (?, 'from the future')", (newer,))
-    else:
-        import psycopg
-
-        with psycopg.connect(web.url, autocommit=True) as pg:
-            pg.execute("INSERT INTO dfjob.dfjob_schema (version, name) VALUES (%s, 'from the future')", (newer,))
+    execute_sql(web.url, "INSERT INTO dfjob_schema (version, name) VALUES (?, 'from the future')", (newer,))
     response = served.get("/healthz", token=None)
     assert response.status_code == 503
     assert response.json()["ok"] is False

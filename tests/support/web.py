@@ -46,6 +46,20 @@ class Served:
         return response.json()
 
 
+def execute_sql(url: str, sql: str, params: tuple[Any, ...] = ()) -> None:
+    """Change the database behind the server's back (`?` placeholders), committed at once."""
+    if url.startswith("sqlite:"):
+        import sqlite3
+
+        with sqlite3.connect(url[len("sqlite:///") :]) as conn:
+            conn.execute(sql, params)
+        return
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, options="-c search_path=dfjob") as pg:
+        pg.execute(sql.replace("?", "%s"), params)
+
+
 def _answers(base: str) -> bool:
     try:
         httpx.get(base + "/healthz", timeout=2)
