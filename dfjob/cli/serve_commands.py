@@ -40,7 +40,9 @@ def serve(host: str | None, port: int | None) -> None:
         host=settings.serve.host if host is None else host,
         port=settings.serve.port if port is None else port,
     )
-    check_serve(serve_settings, "--host/--port" if host or port else "serve")
+    if port is not None and not 1 <= port <= 65535:
+        raise DfjobError(f"--port must be between 1 and 65535, not {port}")
+    check_serve(serve_settings, "--host")
     settings = replace(settings, serve=serve_settings)
     tokens = load_tokens(settings)
     app.configure_logging(daemon=True)
