@@ -25,7 +25,7 @@ from dfjob.web.auth import Refused
 
 blueprint = Blueprint("pages", __name__)
 PAGE_SIZE = 50
-FLOWS_PAGE_SIZE = 100
+FLOWS_PAGE_SIZE = 50
 SPARK_RUNS = 20
 CHART_RUNS = 100
 FOLLOW_STATUSES = ("pending", "in_progress")
