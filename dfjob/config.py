@@ -9,6 +9,7 @@ Every check of user-given names (queues, data flows, modules) lives here too.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -102,6 +103,19 @@ class AlertSettings:
 
 
 @dataclass(frozen=True)
+class ServeSettings:
+    """`dfjob serve`: where it listens, who may read and write, and from which networks."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    tokens: tuple[str, ...] = ()
+    # A file of tokens, one per line (blank lines and `#` comments skipped), read when serve starts.
+    token_file: str = ""
+    public_read: bool = False
+    allow_cidrs: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True)
 class LogSettings:
     format: str = "auto"
     level: str = "info"
@@ -118,6 +132,7 @@ class Settings:
     flows: FlowSettings = field(default_factory=FlowSettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
     alerts: tuple[AlertSettings, ...] = ()
     # The folder relative paths are resolved against: the config file's, else the working directory.
     base_dir: str = "."
@@ -276,6 +291,7 @@ def validate(settings: Settings, source: str) -> None:
         check_callable_path(callback, f"{source}: monitoring.callbacks")
     for alert in settings.alerts:
         _check_alert(alert, source)
+    check_serve(settings.serve, source)
     _check_choice(f"{source}: log.format", settings.log.format, LOG_FORMATS)
     _check_choice(f"{source}: log.level", settings.log.level, LOG_LEVELS)
     if not SCHEMA_NAME.fullmatch(settings.database.schema):
@@ -296,6 +312,27 @@ def _check_alert(alert: AlertSettings, source: str) -> None:
     for event in alert.on:
         _check_choice(f"{source}: alerts.on", event, ALERT_EVENTS)
     _check_choice(f"{source}: alerts.format", alert.format, ALERT_FORMATS)
+
+
+def check_serve(serve: ServeSettings, source: str) -> None:
+    """The [serve] section: a host, a port, tokens without spaces, networks that parse."""
+    if not serve.host or any(char.isspace() for char in serve.host):
+        raise DfjobError(f"{source}: serve.host must be a host name or an IP address, not {serve.host!r}")
+    _check_range(source, "serve.port", serve.port, 1, 65535)
+    for token in serve.tokens:
+        check_token(token, f"{source}: serve.tokens")
+    for cidr in serve.allow_cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise DfjobError(f"{source}: serve.allow_cidrs: {cidr!r} is not a network such as 10.0.0.0/8") from None
+
+
+def check_token(token: str, where: str) -> str:
+    """A bearer token: printable ASCII without spaces, as an `Authorization` header carries it."""
+    if not token or not token.isascii() or not token.isprintable() or any(char.isspace() for char in token):
+        raise DfjobError(f"{where}: a token must be printable ASCII characters without spaces")
+    return token
 
 
 def _check_range(source: str, key: str, value: float, low: float, high: float) -> None:

@@ -8,12 +8,13 @@ so a page costs the same with a million rows behind it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from dfjob import clock
 from dfjob.errors import DfjobError
-from dfjob.models import DataFlow, DataFlowRun, Job
+from dfjob.models import DataFlow, DataFlowRun, Job, to_db_time
+from dfjob.sql import execute
 from dfjob.store.rows import JobStatus, RunStatus
 
 RUN_STATUSES = tuple(RunStatus)
@@ -120,6 +121,37 @@ def count(query: Any, cap: int = COUNT_CAP) -> int:
     """How many rows `query` matches, counting at most `cap + 1` of them (a text table's "showing
     50 of N" must not cost a scan of the whole history)."""
     return int(query.limit(cap + 1).count())
+
+
+def runs_per_hour(now: datetime, hours: int = 24) -> list[tuple[datetime, dict[str, int]]]:
+    """Runs created in each of the last `hours` hours, by status, oldest hour first. One range scan
+    of the `runs_created` index; the hour of each run is found in SQL the same way on both databases."""
+    start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
+    bounds = [start + timedelta(hours=index) for index in range(1, hours)]
+    cases = " ".join(f"WHEN created_at < ? THEN {index}" for index in range(len(bounds)))
+    rows = execute(
+        f"SELECT CASE {cases} ELSE {len(bounds)} END AS hour, status, COUNT(*) FROM dfjob.data_flow_runs"
+        " WHERE created_at >= ? GROUP BY 1, status",
+        (*(to_db_time(bound) for bound in bounds), to_db_time(start)),
+    ).fetchall()
+    found: list[tuple[datetime, dict[str, int]]] = [(start + timedelta(hours=i), {}) for i in range(hours)]
+    for hour, status, count in rows:
+        found[int(hour)][1][status] = int(count)
+    return found
+
+
+def recent_durations(flow_ids: Sequence[int], per_flow: int = 20) -> dict[int, list[tuple[int, str]]]:
+    """Each flow's last `per_flow` finished runs as (duration_ms, status), oldest first; one
+    short read of the `runs_flow` index per flow, so a page of flows costs the same with any history."""
+    found: dict[int, list[tuple[int, str]]] = {}
+    for flow_id in flow_ids:
+        rows = execute(
+            "SELECT duration_ms, status FROM dfjob.data_flow_runs WHERE data_flow_id = ? AND duration_ms IS NOT NULL"
+            " ORDER BY id DESC LIMIT ?",
+            (flow_id, per_flow),
+        ).fetchall()
+        found[flow_id] = [(int(duration), status) for duration, status in reversed(rows)]
+    return found
 
 
 def get_job(job_id: int, with_runs: bool = False) -> dict[str, Any]:

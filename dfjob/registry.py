@@ -95,6 +95,16 @@ def all_flows() -> list[DataFlow]:
     return list(DataFlow.select().order_by(DataFlow.id))
 
 
+def flows_page(after_id: int | None = None, limit: int | None = None) -> list[DataFlow]:
+    """Flows in id order, from after `after_id`, at most `limit` of them (None: all)."""
+    query = DataFlow.select().order_by(DataFlow.id)
+    if after_id is not None:
+        query = query.where(DataFlow.id > after_id)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(query)
+
+
 def check_class_path(settings: Settings, class_path: str) -> None:
     """Import the class now, so a typo is refused at `add`, not at 3 a.m."""
     add_import_paths(tuple(resolve_path(settings, path) for path in settings.flows.paths))

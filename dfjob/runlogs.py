@@ -43,13 +43,14 @@ def lines_after(run_id: int, after_seq: int = 0) -> list[dict[str, Any]]:
     ]
 
 
-def read(run_id: int) -> dict[str, Any]:
-    """The run's log as `runs logs --json` prints it."""
+def read(run_id: int, after_seq: int = 0) -> dict[str, Any]:
+    """The run's log as `runs logs --json` prints it; `after_seq`: only the lines after that one
+    (a follower asking for what is new)."""
     run = _run(run_id)
     return {
         "run_id": run_id,
         "status": run.status,
-        "lines": lines_after(run_id),
+        "lines": lines_after(run_id, after_seq),
         "truncated": run.log_dropped_bytes > 0,
         "log_bytes": run.log_bytes,
         "dropped_bytes": run.log_dropped_bytes,

@@ -23,7 +23,7 @@ stamp="$venv/.dfjob-installed"
 if [ ! -f "$stamp" ] || [ "$root/setup.cfg" -nt "$stamp" ]; then
   echo "Installing dfjob and its test tools into .venv ..." >&2
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[postgres,test]" >&2
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[postgres,test,web]" >&2
   touch "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

@@ -5,7 +5,14 @@ click's own parse errors; tracebacks appear only with `--debug`. The modules bes
 add a group of commands to `cli` when imported.
 """
 
-from dfjob.cli import daemon_commands, db_commands, flow_commands, job_commands, overview_commands  # noqa: F401
+from dfjob.cli import (  # noqa: F401
+    daemon_commands,
+    db_commands,
+    flow_commands,
+    job_commands,
+    overview_commands,
+    serve_commands,
+)
 from dfjob.cli.app import cli, main
 
 __all__ = ["cli", "main"]

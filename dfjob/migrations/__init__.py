@@ -31,6 +31,7 @@ from dfjob.migrations import (
     m0004_flows_as_data,
     m0005_operator_view,
     m0006_alerts_and_totals,
+    m0007_web_reads,
 )
 from dfjob.models import create_latest, to_db_time
 from dfjob.sql import execute
@@ -54,6 +55,7 @@ STEPS: tuple[Step, ...] = (
     Step(4, m0004_flows_as_data.NAME, m0004_flows_as_data.sqlite, m0004_flows_as_data.postgres),
     Step(5, m0005_operator_view.NAME, m0005_operator_view.sqlite, m0005_operator_view.postgres),
     Step(6, m0006_alerts_and_totals.NAME, m0006_alerts_and_totals.sqlite, m0006_alerts_and_totals.postgres),
+    Step(7, m0007_web_reads.NAME, m0007_web_reads.sqlite, m0007_web_reads.postgres),
 )
 LATEST = STEPS[-1].version
 # Version 1 kept its tables in Postgres's `public` schema; they move in step 2.

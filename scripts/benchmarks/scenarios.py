@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks import drain, heartbeat, history, idle, latency, lateness, operator, throughput
+from benchmarks import drain, heartbeat, history, idle, latency, lateness, operator, throughput, web
 from benchmarks.harness import Scenario
 
 SCENARIOS: dict[str, Scenario] = {
@@ -13,5 +13,6 @@ SCENARIOS: dict[str, Scenario] = {
     "lateness": lateness.SCENARIO,
     "history": history.SCENARIO,
     "operator": operator.SCENARIO,
+    "web": web.SCENARIO,
     "idle": idle.SCENARIO,
 }

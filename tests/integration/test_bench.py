@@ -26,6 +26,11 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "scripts" / "bench"
 POSTGRES_URL = os.environ.get("DFJOB_TEST_POSTGRES_URL", "")
 WORKERS = (1, 2, 4)
+WEB = (
+    "overview", "flows_page", "flow_page", "run_page", "jobs_page", "jobs_failed_page", "api_status", "api_flows",
+    "api_flow", "api_jobs", "api_jobs_failed", "api_runs", "api_runs_flow", "api_run", "api_run_log", "api_workers",
+    "metrics",
+)  # fmt: skip
 KEYS = [
     *(f"drain_w{w}_vs_{kind}" for w in WORKERS for kind in ("raw1", "raw10")),
     *(f"throughput_{shape}" for shape in ("2x4", "2x1", "1x1")),
@@ -38,6 +43,7 @@ KEYS = [
     "lateness_p99",
     "history",
     *(f"operator_{query}" for query in ("status", "runs_flow", "jobs_failed", "runs_logs")),
+    *(f"web_{name}" for name in WEB),
     "idle_cpu",
     "idle_rss",
 ]
@@ -53,6 +59,7 @@ LABELS = [
     "scheduler lateness p99",
     "drain W=2 with",
     *(f"{query} p95 with" for query in ("status", "runs flow", "jobs failed", "runs logs")),
+    *(f"web {name} p95 with" for name in WEB),
     "idle CPU over",
     "idle peak RSS (supervisor)",
 ]

@@ -275,6 +275,11 @@ CONTRACT_DEFAULTS = [
     ("monitoring", "callbacks", ()),
     ("log", "format", "auto"),
     ("log", "level", "info"),
+    ("serve", "host", "127.0.0.1"),
+    ("serve", "port", 8080),
+    ("serve", "tokens", ()),
+    ("serve", "public_read", False),
+    ("serve", "allow_cidrs", ("127.0.0.0/8", "::1/128")),
 ]
 
 

@@ -20,10 +20,11 @@ SYSTEMD = SCRIPTS / "systemd"
 WORKER = "dfjob-worker@.service"
 SCHEDULER = "dfjob-scheduler.service"
 HEARTBEAT = "dfjob-heartbeat.service"
+SERVE = "dfjob-serve.service"
 TIMER = "dfjob-heartbeat.timer"
-UNITS = (WORKER, SCHEDULER, HEARTBEAT, TIMER)
-SERVICES = (WORKER, SCHEDULER, HEARTBEAT)
-DAEMONS = (WORKER, SCHEDULER)
+UNITS = (WORKER, SCHEDULER, HEARTBEAT, SERVE, TIMER)
+SERVICES = (WORKER, SCHEDULER, HEARTBEAT, SERVE)
+DAEMONS = (WORKER, SCHEDULER, SERVE)
 INSTALLED_DFJOB = "/usr/local/bin/dfjob"
 CONFIG_ARGS = "--config /etc/dfjob/dfjob.toml"
 
@@ -78,6 +79,7 @@ def test_scheduler_and_heartbeat_units_run_their_commands() -> None:
     heartbeat = read_unit(HEARTBEAT)["Service"]
     assert heartbeat["ExecStart"] == f"{INSTALLED_DFJOB} {CONFIG_ARGS} heartbeat"
     assert heartbeat["Type"] == "oneshot"
+    assert read_unit(SERVE)["Service"]["ExecStart"] == f"{INSTALLED_DFJOB} {CONFIG_ARGS} serve"
 
 
 @pytest.mark.parametrize("name", SERVICES)
