@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from dfjob import clock
+from dfjob.db import is_postgres
 from dfjob.errors import DfjobError
 from dfjob.models import DataFlow, DataFlowRun, Job, to_db_time
 from dfjob.sql import execute
@@ -140,17 +141,32 @@ def runs_per_hour(now: datetime, hours: int = 24) -> list[tuple[datetime, dict[s
     return found
 
 
+RECENT_DURATIONS = (
+    "SELECT id, duration_ms, status FROM dfjob.data_flow_runs WHERE data_flow_id = ? AND duration_ms IS NOT NULL"
+    " ORDER BY id DESC LIMIT ?"
+)
+
+
 def recent_durations(flow_ids: Sequence[int], per_flow: int = 20) -> dict[int, list[tuple[int, str]]]:
-    """Each flow's last `per_flow` finished runs as (duration_ms, status), oldest first; one
-    short read of the `runs_flow` index per flow, so a page of flows costs the same with any history."""
-    found: dict[int, list[tuple[int, str]]] = {}
-    for flow_id in flow_ids:
+    """Each flow's last `per_flow` finished runs as (duration_ms, status), oldest first: a short
+    read of the `runs_flow` index per flow, so a page of flows costs the same with any history
+    (on Postgres all in one round trip)."""
+    if is_postgres():
         rows = execute(
-            "SELECT duration_ms, status FROM dfjob.data_flow_runs WHERE data_flow_id = ? AND duration_ms IS NOT NULL"
-            " ORDER BY id DESC LIMIT ?",
-            (flow_id, per_flow),
+            "SELECT f.id, r.duration_ms, r.status FROM unnest(CAST(? AS bigint[])) AS f(id) CROSS JOIN LATERAL ("
+            + RECENT_DURATIONS.replace("data_flow_id = ?", "data_flow_id = f.id")
+            + ") AS r ORDER BY f.id, r.id",
+            (list(flow_ids), per_flow),
         ).fetchall()
-        found[flow_id] = [(int(duration), status) for duration, status in reversed(rows)]
+    else:
+        rows = [
+            (flow_id, duration, status)
+            for flow_id in flow_ids
+            for _, duration, status in reversed(execute(RECENT_DURATIONS, (flow_id, per_flow)).fetchall())
+        ]
+    found: dict[int, list[tuple[int, str]]] = {flow_id: [] for flow_id in flow_ids}
+    for flow_id, duration, status in rows:
+        found[flow_id].append((int(duration), status))
     return found
 
 

@@ -350,7 +350,8 @@ INDEXES = [
     # The dashboard and API: any filter pages by id through an index; the overview's last 24 h.
     "CREATE INDEX IF NOT EXISTS runs_status ON dfjob.data_flow_runs (status, id)",
     "CREATE INDEX IF NOT EXISTS runs_created ON dfjob.data_flow_runs (created_at)",
-    "CREATE INDEX IF NOT EXISTS jobs_status ON dfjob.jobs (status, id)",
+    "CREATE INDEX IF NOT EXISTS jobs_status ON dfjob.jobs (status, id)"
+    " WHERE status IN ('succeeded', 'failed', 'cancelled')",
     "CREATE INDEX IF NOT EXISTS jobs_queue ON dfjob.jobs (queue, id)",
     # Alerts: old events leave with the history; deliveries still to make, by when.
     "CREATE INDEX IF NOT EXISTS alert_outbox_created ON dfjob.alert_outbox (created_at)",

@@ -95,11 +95,13 @@ def all_flows() -> list[DataFlow]:
     return list(DataFlow.select().order_by(DataFlow.id))
 
 
-def flows_page(after_id: int | None = None, limit: int | None = None) -> list[DataFlow]:
-    """Flows in id order, from after `after_id`, at most `limit` of them (None: all)."""
+def flows_page(after_id: int | None = None, limit: int | None = None, before_id: int | None = None) -> list[DataFlow]:
+    """Flows in id order, those after `after_id` and before `before_id`, at most `limit` of them."""
     query = DataFlow.select().order_by(DataFlow.id)
     if after_id is not None:
         query = query.where(DataFlow.id > after_id)
+    if before_id is not None:
+        query = query.where(DataFlow.id < before_id)
     if limit is not None:
         query = query.limit(limit)
     return list(query)

@@ -2,7 +2,8 @@
 
 Lists take the CLI's filters as query parameters (`flow`, `status` (repeatable, or comma
 separated), `queue`, `since`, `limit`) and page newest first with `before_id=<the last id seen>`;
-`/api/flows` lists in id order like `flows list`, and pages with `after_id`. Bad input is 400 and
+`/api/flows` lists in id order like `flows list`, and pages on with `after_id` (`before_id` keeps
+the flows below an id, in the same order). Bad input is 400 and
 changes nothing; an unknown id or name is 404.
 """
 
@@ -150,7 +151,7 @@ def workers() -> Response:
 def flows() -> Response:
     _read()
     limit = int_param("limit", None, 1, MAX_LIMIT)
-    flows = registry.flows_page(int_param("after_id", None, 0), limit)
+    flows = registry.flows_page(int_param("after_id", None, 0), limit, before_id=int_param("before_id"))
     return jsonify(registry.flows_to_dicts(flows, context().settings.retry.max_attempts))
 
 
@@ -232,8 +233,9 @@ def trigger_options(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def trigger_flow(ref: str, options: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """Enqueue as `dfjob trigger` does; returns the `trigger --json` object and whether it is new."""
+def trigger_flow(ref: str, options: dict[str, Any]) -> tuple[dict[str, Any], bool, str | None]:
+    """Enqueue as `dfjob trigger` does: the `trigger --json` object, whether the job is new, and the
+    warning the command would print (no live worker serves its queue)."""
     flow_id = found(lambda: registry.get_flow(ref)).id
     result, _ = request_trigger(context().settings, str(flow_id), **options)
     data = {
@@ -242,15 +244,14 @@ def trigger_flow(ref: str, options: dict[str, Any]) -> tuple[dict[str, Any], boo
         "queue": result.queue,
         "deduplicated": result.deduplicated,
     }
-    if not overview.live_workers(result.queue):
-        data["warning"] = f"no live worker serves queue {result.queue}"
-    return data, not result.deduplicated
+    warning = None if overview.live_workers(result.queue) else f"no live worker serves queue {result.queue}"
+    return data, not result.deduplicated, warning
 
 
 @blueprint.post("/api/flows/<ref>/trigger")
 def trigger(ref: str) -> Response:
     _write()
-    data, created = trigger_flow(ref, trigger_options(json_body()))
+    data, created, _ = trigger_flow(ref, trigger_options(json_body()))
     response = jsonify(data)
     response.status_code = 201 if created else 200
     return response

@@ -175,13 +175,13 @@ def trigger(ref: str) -> BaseResponse:
     queue = request.form.get("queue", "").strip()
     if queue:
         options["queue_name"] = queue
-    data, created = trigger_flow(ref, options)
+    data, created, warning = trigger_flow(ref, options)
     if created:
         flash(f"Enqueued job {data['job_id']} on queue {data['queue']}.", "success")
     else:
         flash(f"An active job with the same params is already there: job {data['job_id']}.", "info")
-    if "warning" in data:
-        flash(f"Warning: {data['warning']}.", "warning")
+    if warning is not None:
+        flash(f"Warning: {warning}.", "warning")
     return redirect(url_for("pages.flow", ref=ref))
 
 

@@ -67,6 +67,7 @@ def test_lists_take_the_cli_filters_and_page_by_id(web: Dfjob, served: Served) -
     assert [run["id"] for run in served.ok("/api/runs?limit=1")] == [2]
     assert [run["id"] for run in served.ok("/api/runs?before_id=2")] == [1]
     assert [flow["name"] for flow in served.ok("/api/flows?limit=1&after_id=1")] == ["broken"]
+    assert [flow["name"] for flow in served.ok("/api/flows?before_id=2")] == ["hello"]
     assert served.ok("/api/runs?since=1h") == web.json("runs", "--since", "1h")
     log = served.ok("/api/runs/1/log?after=1")
     assert log["run_id"] == 1
