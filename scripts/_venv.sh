@@ -26,4 +26,7 @@ if [ ! -f "$stamp" ] || [ "$root/setup.cfg" -nt "$stamp" ]; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[postgres,test,web]" >&2
   touch "$stamp"
 fi
+# An editable install compiles nothing: compile dfjob's bytecode now (only what changed), so every
+# dfjob process started from here reads it even where PYTHONDONTWRITEBYTECODE is set.
+"$venv/bin/python" -m compileall -q "$root/dfjob" >/dev/null
 export PATH="$venv/bin:$PATH"
