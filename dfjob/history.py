@@ -126,16 +126,17 @@ def count(query: Any, cap: int = COUNT_CAP) -> int:
 
 def runs_per_hour(now: datetime, hours: int = 24) -> list[tuple[datetime, dict[str, int]]]:
     """Runs created in each of the last `hours` hours, by status, oldest hour first: counted from
-    the `runs_created` index alone (it holds the status too), grouped by the hour's text."""
+    the `runs_created` index alone (it holds the status too), grouped by hour."""
     start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
-    hour = "to_char(created_at, 'YYYY-MM-DD HH24')" if is_postgres() else "substr(created_at, 1, 13)"
+    hour = "date_trunc('hour', created_at)" if is_postgres() else "substr(created_at, 1, 13)"
     rows = execute(
         f"SELECT {hour} AS hour, status, COUNT(*) FROM dfjob.data_flow_runs WHERE created_at >= ? GROUP BY 1, 2",
         (to_db_time(start),),
     ).fetchall()
     found: list[tuple[datetime, dict[str, int]]] = [(start + timedelta(hours=i), {}) for i in range(hours)]
-    for text, status, count in rows:
-        index = int((datetime.strptime(text, "%Y-%m-%d %H").replace(tzinfo=UTC) - start).total_seconds() // 3600)
+    for value, status, count in rows:
+        began = value if isinstance(value, datetime) else datetime.strptime(value, "%Y-%m-%d %H")
+        index = int((began.replace(tzinfo=UTC) - start).total_seconds() // 3600)
         if 0 <= index < hours:  # a run stamped a moment after `now` counts in no hour shown
             found[index][1][status] = int(count)
     return found

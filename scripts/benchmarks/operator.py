@@ -37,7 +37,7 @@ def _hours_before(env: Env) -> str:
 
 def fill(env: Env, runs: int, flows: int) -> float:
     """`flows` flows; `runs` finished jobs with one run each, one in FAILED_EVERY failed, spread over
-    30 days; LOGGED_RUNS of those runs with LOG_LINES log lines each. Then ANALYZE."""
+    30 days; LOGGED_RUNS of those runs with LOG_LINES log lines each. Then (VACUUM) ANALYZE."""
     began = time.perf_counter()
     env.add_flows(flows, NOOP)
     now = db_stamp(utc_now())
@@ -65,7 +65,9 @@ def fill(env: Env, runs: int, flows: int) -> float:
             f" FROM data_flow_runs r, ({env.series(LOG_LINES)}) AS s"
             f" WHERE {_mod(env, 'r.id', max(1, runs // LOGGED_RUNS))} = 0"
         )
-    env.sql("ANALYZE")
+    # A month of history has been through autovacuum on a real server: its pages are all-visible,
+    # so index-only scans read no heap. VACUUM ANALYZE gives the bulk-written copy the same state.
+    env.sql("VACUUM ANALYZE" if env.postgres else "ANALYZE")
     return time.perf_counter() - began
 
 
