@@ -14,9 +14,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-import peewee
-
 from dfjob.db import database_proxy, pg_schema
+from dfjob.drivers import peewee
 from dfjob.sql import execute
 
 
