@@ -14,8 +14,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import peewee
+
 from dfjob.db import database_proxy, pg_schema
-from dfjob.drivers import peewee
 from dfjob.sql import execute
 
 

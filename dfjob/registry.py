@@ -17,6 +17,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import peewee
+
 from dfjob import clock, wakeup
 from dfjob.config import (
     Settings,
@@ -28,7 +30,6 @@ from dfjob.config import (
     resolve_path,
 )
 from dfjob.db import write_transaction
-from dfjob.drivers import peewee
 from dfjob.errors import DfjobError
 from dfjob.flow import add_import_paths, load_flow_class
 from dfjob.models import DataFlow, FlowUpstream

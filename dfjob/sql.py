@@ -15,8 +15,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import peewee
+
 from dfjob.db import database_proxy, is_postgres, pg_schema
-from dfjob.drivers import peewee
 
 _QUALIFIER = re.compile(r"\bdfjob\.(?=[a-z_])")
 

@@ -24,8 +24,9 @@ import stat
 import uuid
 from typing import Protocol
 
+import peewee
+
 from dfjob.db import database_proxy, is_postgres, pg_schema
-from dfjob.drivers import peewee
 from dfjob.errors import DfjobError
 
 # AF_UNIX paths are limited to 108 bytes; longer ones are reached through /proc/self/fd.

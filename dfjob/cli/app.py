@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import click
+import peewee
 
 from dfjob import __version__, dbclock, events, migrations, signals
 from dfjob.config import LOG_LEVELS, Settings, load_settings, resolve_path
@@ -27,7 +28,6 @@ from dfjob.db import (
     reset_connection,
     sqlite_path,
 )
-from dfjob.drivers import peewee
 from dfjob.errors import DatabaseUnavailable, DfjobError
 from dfjob.flow import add_import_paths
 from dfjob.passwords import redact_url, scrub

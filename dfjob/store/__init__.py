@@ -30,10 +30,11 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+import peewee
+
 from dfjob import clock, policy, wakeup
 from dfjob.config import RetrySettings
 from dfjob.db import is_postgres, write_transaction
-from dfjob.drivers import peewee
 from dfjob.errors import DfjobError
 from dfjob.models import from_db_time, to_db_time
 from dfjob.sql import dump_json, execute, marks

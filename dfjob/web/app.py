@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import peewee
 from flask import Flask, Response, current_app, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from dfjob import events
 from dfjob.config import Settings
 from dfjob.db import describe_error, is_connection_error, reset_connection
-from dfjob.drivers import peewee
 from dfjob.errors import DfjobError
 from dfjob.web import health
 from dfjob.web.auth import Access, Refused

@@ -6,9 +6,10 @@ from __future__ import annotations
 import threading
 import time
 
+import peewee
+
 from dfjob import migrations
 from dfjob.db import describe_error, is_connection_error, reset_connection
-from dfjob.drivers import peewee
 from dfjob.errors import DfjobError
 
 # A good answer is trusted this long before it is checked again.

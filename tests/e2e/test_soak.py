@@ -266,12 +266,17 @@ def test_soak_no_attempts_overlap_under_random_faults(
         scheduler.signal(signal.SIGTERM)
         assert scheduler.wait(timeout=60) == 0, scheduler.stderr()
 
-        wait_for(
-            lambda: dfjob.db.scalar("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')") == 0,
-            timeout=120,
-            interval=0.2,
-            what="the workers to finish every job",
-        )
+        try:
+            wait_for(
+                lambda: dfjob.db.scalar("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')") == 0,
+                timeout=120,
+                interval=0.2,
+                what="the workers to finish every job",
+            )
+        except AssertionError:
+            active = dfjob.db.rows("SELECT * FROM jobs WHERE status IN ('queued', 'running')")
+            logs = {name: daemon.stderr()[-3000:] for name, daemon in soak.workers.items()}
+            raise AssertionError(f"jobs never finished: {active}\nworker logs: {logs}") from None
         for daemon in soak.workers.values():
             daemon.signal(signal.SIGTERM)
         for daemon in soak.workers.values():
