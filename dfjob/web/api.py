@@ -259,25 +259,22 @@ def trigger(ref: str) -> Response:
 
 @blueprint.post("/api/jobs/<job_id>/cancel")
 def cancel(job_id: str) -> Response:
-    _write()
-    number = path_id(job_id, "job")
-    found(lambda: history.get_job(number))
-    change(lambda: cancel_job(number))
-    return jsonify(history.get_job(number))
+    return change_job(job_id, cancel_job)
 
 
 @blueprint.post("/api/jobs/<job_id>/retry")
 def retry(job_id: str) -> Response:
+    return change_job(job_id, retry_job)
+
+
+def change_job(job_id: str, action: Callable[[int], object]) -> Response:
+    """A state change of one job, as the CLI makes it; the job afterwards. Its state may refuse
+    the change (cancel a finished job): 409 with the reason."""
     _write()
     number = path_id(job_id, "job")
     found(lambda: history.get_job(number))
-    change(lambda: retry_job(number))
-    return jsonify(history.get_job(number))
-
-
-def change(action: Callable[[], T]) -> T:
-    """A state change the job's state may refuse (cancel a finished job): 409 with the reason."""
     try:
-        return action()
+        action(number)
     except DfjobError as exc:
         raise ApiError(409, str(exc)) from None
+    return jsonify(history.get_job(number))
