@@ -160,7 +160,10 @@ def serve(control: socket.socket, settings: dict[str, Any]) -> None:
         _reap(control)
         if control.fileno() not in ready:
             continue
-        message, fds, _, _ = socket.recv_fds(control, 64, 2)
+        try:
+            message, fds, _, _ = socket.recv_fds(control, 64, 2)
+        except OSError:
+            os._exit(0)  # the worker was killed: a reset, not a message
         if not message or len(fds) != 2:
             os._exit(0)  # the worker is gone
         pid = os.fork()
@@ -177,7 +180,10 @@ def serve(control: socket.socket, settings: dict[str, Any]) -> None:
         pidfd = os.pidfd_open(pid)
         for fd in fds:
             os.close(fd)
-        socket.send_fds(control, [f"pid {pid}".encode()], [pidfd])
+        try:
+            socket.send_fds(control, [f"pid {pid}".encode()], [pidfd])
+        except OSError:
+            os._exit(0)  # the worker died while its runner started; the runner dies with it
         os.close(pidfd)
 
 

@@ -51,6 +51,7 @@ def no_alert(driver: Any) -> bool:
 def test_a_user_signs_in_triggers_follows_a_run_and_retries_in_a_browser(
     browser: Any, make_dfjob: Callable[..., Dfjob], database_url: str, tmp_path: Path
 ) -> None:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     shots = tmp_path / "screenshots"
@@ -63,7 +64,12 @@ def test_a_user_signs_in_triggers_follows_a_run_and_retries_in_a_browser(
     web.start("worker", name="worker")
 
     def text(selector: str) -> str:
-        return str(browser.find_element(By.CSS_SELECTOR, selector).text)
+        # A following run page reloads itself when the run ends: an element found just before the
+        # reload is gone when its text is read, so that read counts as "not there yet".
+        try:
+            return str(browser.find_element(By.CSS_SELECTOR, selector).text)
+        except (NoSuchElementException, StaleElementReferenceException):
+            return ""
 
     # Sign in: the overview asks for it first.
     browser.get(served.base + "/")
