@@ -18,6 +18,7 @@ from urllib.parse import quote, unquote
 
 import peewee
 
+from dfjob.drivers import load_psycopg
 from dfjob.errors import DatabaseUnavailable, DfjobError
 from dfjob.passwords import USER_PASSWORD, redact_url, remember, scrub, url_password
 
@@ -77,6 +78,7 @@ def make_database(
         }
         if not prepared_statements:
             options["prepare_threshold"] = None
+        load_psycopg()
         return peewee.PostgresqlDatabase(conninfo, prefer_psycopg3=True, autoconnect=True, **options)
     raise DfjobError(f"database.url: unknown scheme {scheme!r} in {redact_url(url)} (use sqlite or postgresql)")
 

@@ -8,6 +8,9 @@ def main() -> None:
     from dfjob import signals
 
     signals.catch_early()
+    from dfjob.drivers import defer_psycopg
+
+    defer_psycopg()  # a command on SQLite never imports the Postgres driver
     from dfjob.cli import main as run
 
     run()
