@@ -79,6 +79,13 @@ def test_a_user_signs_in_triggers_follows_a_run_and_retries_in_a_browser(
     wait_for(lambda: browser.current_url.rstrip("/") == served.base, timeout=10, what="the overview after sign-in")
     assert "Runs per hour" in browser.page_source
     assert no_alert(browser)
+    # At 1280 px every table of the overview fits its box: none scrolls sideways.
+    overflowing = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.scroll'))"
+        ".filter(box => box.scrollWidth > box.clientWidth)"
+        ".map(box => box.parentElement.querySelector('h2').textContent)"
+    )
+    assert overflowing == []
     full_page_screenshot(browser, shots / "overview.png", DESKTOP[0])
 
     # Every page renders; the failed flow's error is text on each, never a script.
