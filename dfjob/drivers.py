@@ -3,8 +3,9 @@
 peewee imports psycopg as it is imported itself (about 0.15 s of every command's start), though
 only Postgres needs it: each command on the embedded SQLite would pay for it. The command's entry
 point calls `defer_psycopg` first, which imports peewee with psycopg hidden; `load_psycopg` gives
-peewee the driver when a Postgres database is made (`db.make_database`). An application that
-imports dfjob keeps its peewee as peewee made itself: its own Postgres databases need the driver.
+peewee the driver when a Postgres database is made (`db.make_database`), or before monitoring
+callbacks are imported (user code may open a peewee Postgres database of its own). An application
+that imports dfjob keeps its peewee as peewee made itself.
 A test compares peewee after `load_psycopg` with peewee imported as usual, name by name.
 """
 

@@ -23,6 +23,7 @@ import structlog
 
 from dfjob import clock
 from dfjob.config import Settings, check_callable_path
+from dfjob.drivers import load_psycopg
 from dfjob.errors import DfjobError
 from dfjob.passwords import has_secrets, scrub
 
@@ -119,6 +120,9 @@ class _StructlogHandler(logging.Handler):
 
 def load_callbacks(settings: Settings) -> None:
     """Import every `monitoring.callbacks` entry now, so a typo fails at start, not mid-job."""
+    if settings.monitoring.callbacks:
+        with contextlib.suppress(DfjobError):  # not installed: the callbacks cannot use it either
+            load_psycopg()  # a callback may open a peewee Postgres database of its own
     loaded: list[tuple[str, Callback]] = []
     for path in settings.monitoring.callbacks:
         module_name, attr = check_callable_path(path, "monitoring.callbacks")

@@ -67,3 +67,16 @@ def test_an_application_importing_dfjob_keeps_peewee_whole() -> None:
     # An application's own peewee Postgres database needs the driver, whatever dfjob uses.
     code = "import dfjob\ndfjob.Client\nfrom dfjob import db\nimport peewee\nprint(peewee.psycopg is not None)\n"
     assert _run(code).strip() == "True"
+
+
+def test_monitoring_callbacks_get_a_whole_peewee(tmp_path: Path) -> None:
+    # The worker loads its callbacks in the command's process; one may use peewee on Postgres.
+    (tmp_path / "hooks.py").write_text("import peewee\nHAS_DRIVER = peewee.psycopg is not None\n\ndef hook(*a): pass\n")
+    code = DEFER + (
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "from dfjob import events\n"
+        "from dfjob.config import MonitoringSettings, Settings\n"
+        "events.load_callbacks(Settings(monitoring=MonitoringSettings(callbacks=('hooks:hook',))))\n"
+        "print(sys.modules['hooks'].HAS_DRIVER)\n"
+    )
+    assert _run("import sys\n" + code).strip() == "True"
