@@ -65,7 +65,10 @@ FINISH = (
 )
 # A claim is two statements in the turn's transaction. LOCK_LIMITS stamps, with this turn's token,
 # the run limits (`max_running`, a backfill's `--parallel`) of the first due jobs whose limits look
-# free, skipping limits another claim holds. CLAIM then counts the running jobs of those limits
+# free, skipping limits another claim holds. It locks those jobs too, skipping jobs another claim
+# has locked: otherwise two workers would look at the same first jobs, the second would find all
+# their limits held, and it would claim nothing while the first's claim is open (every flow has a
+# limit, `max_running` 1 by default). CLAIM then counts the running jobs of those limits
 # afresh (its snapshot is taken after the locks) and claims as many of their jobs as each limit
 # allows, in (priority, run_at, id) order: lock and update the jobs, create their pending runs, and
 # return them joined with their flows. A job without a limit counts toward none. A paused queue's
@@ -78,7 +81,7 @@ LOCK_LIMITS = (
     "  AND NOT EXISTS (SELECT 1 FROM dfjob.queue_states p WHERE p.name = j.queue AND p.paused)"
     "  AND (SELECT count(*) FROM dfjob.jobs r WHERE r.run_limit_id = j.run_limit_id AND r.status = 'running')"
     "   < (SELECT m.max_running FROM dfjob.run_limits m WHERE m.id = j.run_limit_id)"
-    "  ORDER BY j.priority, j.run_at, j.id LIMIT ?)"
+    "  ORDER BY j.priority, j.run_at, j.id LIMIT ? FOR UPDATE OF j SKIP LOCKED)"
     " ORDER BY l.id FOR UPDATE SKIP LOCKED)"
 )
 # CLAIM parameters: token, queues, now, candidates, limit, limit, worker, lease token, expires, worker, now.

@@ -8,7 +8,9 @@ import signal
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,6 +67,42 @@ def test_two_burst_workers_run_each_of_500_jobs_exactly_once(pg_dfjob: Dfjob, tm
     assert len({run["job_id"] for run in runs}) == 500
     claimed_by = Counter(run["worker"] for run in runs)
     assert len(claimed_by) == 2, f"both workers should have claimed jobs: {claimed_by}"
+
+
+def test_a_claim_finds_jobs_while_another_workers_claim_is_open(pg_dfjob: Dfjob, tmp_path: Path) -> None:
+    """Two workers claim at the same moment: while the first's claim transaction is open (its
+    first jobs locked, their run limits held), the second claims the next jobs instead of nothing.
+    Every flow has a run limit (`max_running` 1 by default), so both must look past the first's."""
+    import psycopg
+
+    from dfjob.sql import to_dialect
+    from dfjob.store.postgres import PostgresStore
+    from dfjob.store.rows import ClaimRequest
+
+    flows_file = tmp_path / "flows.toml"
+    tables = [f'[[flow]]\nname = "f{n:02d}"\nclass = "sample_flows:Succeed"\nevery = "1h"\n' for n in range(100)]
+    flows_file.write_text("\n".join(tables), encoding="utf-8")
+    pg_dfjob.ok("flows", "import", str(flows_file))
+    assert pg_dfjob.json("heartbeat")["enqueued"] == 100
+
+    def claim(conn: psycopg.Connection[Any], worker: str, limit: int) -> list[tuple[Any, ...]]:
+        request = ClaimRequest(worker, ("default",), limit, datetime.now(UTC), 60.0)
+        cursor = None
+        for sql, params in PostgresStore._claim_statements(request, f"token-{worker}"):
+            cursor = conn.execute(to_dialect(sql, "dfjob"), params)
+        assert cursor is not None
+        return cursor.fetchall()  # the claim's jobs
+
+    with psycopg.connect(pg_dfjob.url) as first, psycopg.connect(pg_dfjob.url) as second:
+        held = claim(first, "first", 8)  # left open: the jobs it looked at and their limits stay locked
+        assert len(held) == 8
+        taken = claim(second, "second", 4)
+        assert len(taken) == 4
+        assert not {row[0] for row in held} & {row[0] for row in taken}
+        second.commit()
+        first.commit()
+    jobs = pg_dfjob.db.rows("SELECT locked_by, count(*) AS n FROM jobs WHERE status = 'running' GROUP BY 1 ORDER BY 1")
+    assert jobs == [{"locked_by": "first", "n": 8}, {"locked_by": "second", "n": 4}]
 
 
 def test_concurrent_triggers_of_one_flow_create_one_job(pg_dfjob: Dfjob) -> None:
