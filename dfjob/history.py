@@ -53,7 +53,7 @@ def runs_query(
     ids_only: bool = False,
 ) -> Any:
     """Runs that pass the filters (not ordered); `ids_only`: their ids alone, joined to nothing
-    (for `count`: an index answers it)."""
+    (for `count_runs`: an index answers it)."""
     wanted = statuses(status, RUN_STATUSES, "run")
     query = DataFlowRun.select(DataFlowRun.id) if ids_only else _runs()
     if flow_id is not None:
@@ -92,7 +92,7 @@ def jobs_query(
     ids_only: bool = False,
 ) -> Any:
     """Jobs that pass the filters (not ordered); `ids_only`: their ids alone, joined to nothing
-    (for `count`: an index answers it)."""
+    (for `count_jobs`: an index answers it)."""
     wanted = statuses(status, JOB_STATUSES, "job")
     query = Job.select(Job.id) if ids_only else Job.select(Job, DataFlow.id, DataFlow.name).join(DataFlow)
     if queue is not None:
@@ -122,11 +122,26 @@ def list_jobs(
     return [job_to_dict(job) for job in query.order_by(Job.id.desc()).limit(limit)]
 
 
-def count(query: Any, cap: int = COUNT_CAP) -> int:
-    """How many rows `query` matches, counting at most `cap + 1` of them (a text table's "showing
-    50 of N" must not cost a scan of the whole history). Give it an `ids_only` query: joined to
-    nothing, it is answered from an index on the filtered columns."""
-    return int(query.limit(cap + 1).count())
+def count_runs(flow_id: int | None = None, status: Sequence[str] | None = None, since: datetime | None = None) -> int:
+    """How many runs pass the filters, at most `COUNT_CAP + 1` (see `_count`)."""
+    return _count(runs_query(flow_id, status, since, ids_only=True))
+
+
+def count_jobs(
+    queue: str | None = None,
+    status: Sequence[str] | None = None,
+    flow_id: int | None = None,
+    since: datetime | None = None,
+) -> int:
+    """How many jobs pass the filters, at most `COUNT_CAP + 1` (see `_count`)."""
+    return _count(jobs_query(queue, status, flow_id, since, ids_only=True))
+
+
+def _count(query: Any) -> int:
+    """How many rows `query` matches, counting at most `COUNT_CAP + 1` of them: a text table's
+    "showing 50 of N" must not cost a scan of the whole history. The query selects ids alone,
+    joined to nothing, so an index on the filtered columns answers it."""
+    return int(query.limit(COUNT_CAP + 1).count())
 
 
 def runs_per_hour(now: datetime, hours: int = 24) -> list[tuple[datetime, dict[str, int]]]:

@@ -149,11 +149,7 @@ def runs(
     if as_json:
         emit(True, rows, str)
         return
-    total = (
-        history.count(history.runs_query(flow_id, status, since=after, ids_only=True))
-        if len(rows) == limit
-        else len(rows)
-    )
+    total = history.count_runs(flow_id, status, since=after) if len(rows) == limit else len(rows)
     emit(False, rows, lambda: output.table(rows, RUN_COLUMNS, total, history.COUNT_CAP))
 
 
@@ -247,8 +243,7 @@ def jobs(
     if as_json:
         emit(True, rows, str)
         return
-    query = history.jobs_query(queue_name, status, flow_id, since=after, ids_only=True)
-    total = history.count(query) if len(rows) == limit else len(rows)
+    total = history.count_jobs(queue_name, status, flow_id, since=after) if len(rows) == limit else len(rows)
     emit(False, rows, lambda: output.table(_with_attempts(rows), JOB_COLUMNS, total, history.COUNT_CAP))
 
 

@@ -81,11 +81,11 @@ def queries(env: Env) -> dict[str, Callable[[], Any]]:
 
     def runs_flow() -> Any:
         page = history.list_runs(flow_id, limit=50)
-        return page, history.count(history.runs_query(flow_id, ids_only=True))
+        return page, history.count_runs(flow_id)
 
     def jobs_failed() -> Any:
         page = history.list_jobs(status=["failed"], limit=50)
-        return page, history.count(history.jobs_query(status=["failed"], ids_only=True))
+        return page, history.count_jobs(status=["failed"])
 
     return {
         "status": overview.status,
